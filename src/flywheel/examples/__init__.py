@@ -1,0 +1,5 @@
+"""examples."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

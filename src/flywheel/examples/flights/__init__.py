@@ -1,0 +1,5 @@
+"""examples/flights."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,5 @@
+"""monitoring."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,5 @@
+"""registry."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

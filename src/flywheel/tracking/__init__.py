@@ -1,0 +1,5 @@
+"""tracking."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

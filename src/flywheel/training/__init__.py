@@ -1,0 +1,5 @@
+"""training."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
