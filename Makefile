@@ -1,0 +1,37 @@
+# The two quick-start commands are `make demo` and `make test`; each sets up what it needs.
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+UV_VERSION := 0.13.9
+
+.PHONY: demo test lint typecheck servers clean
+
+demo: $(STAMP)
+	rm -rf .demo
+	$(VENV)/bin/flywheel demo --dir .demo --json .demo/summary.json
+
+test: $(STAMP) servers
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/mypy
+	FLYWHEEL_REQUIRE_POSTGRES=1 $(VENV)/bin/pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+servers:
+	bash scripts/ensure-servers
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python -r requirements.lock
+	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python --no-deps -e .
+	touch $@
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

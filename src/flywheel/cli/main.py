@@ -1,0 +1,300 @@
+"""The ``flywheel`` command line: thin commands over the SDK; errors are exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from flywheel._version import __version__
+from flywheel.errors import FlywheelError
+
+__all__ = ["cli", "main"]
+
+
+def _project(ctx: click.Context) -> Any:
+    from flywheel.project import Project
+
+    return Project.open(ctx.obj["project_dir"])
+
+
+def _parse_ts(value: str, field: str) -> datetime:
+    from flywheel.errors import ValidationError
+
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValidationError(field, f"expected an ISO-8601 timestamp, got {value[:40]!r}") from exc
+    if ts.tzinfo is None:
+        raise ValidationError(field, "expected a timezone offset (e.g. 2013-07-01T00:00:00+00:00)")
+    return ts.astimezone(UTC)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="flywheel")
+@click.option(
+    "--project",
+    "project_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Project directory (holds flywheel.yaml).",
+)
+@click.pass_context
+def cli(ctx: click.Context, project_dir: Path) -> None:
+    """Flywheel: data, training, serving, monitoring and control for production ML."""
+    ctx.ensure_object(dict)
+    ctx.obj["project_dir"] = project_dir
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", default="flights", show_default=True, help="Project name.")
+@click.option("--force", is_flag=True, help="Overwrite an existing flywheel.yaml.")
+def init(directory: Path, name: str, force: bool) -> None:
+    """Create a project in DIRECTORY for the NYC flights example."""
+    from flywheel.project import init_project
+
+    init_project(directory, name=name, force=force)
+    click.echo(f"Created project {name!r} in {directory} (flywheel.yaml, definitions.py)")
+    click.echo(f"Next: cd {directory} && flywheel apply")
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Print the plan without registering anything.")
+@click.pass_context
+def apply(ctx: click.Context, dry_run: bool) -> None:
+    """Register the project's definitions, printing the plan first."""
+    project = _project(ctx)
+    plan = project.plan()
+    for label, items in (("+", plan.added), ("~", plan.changed), ("-", plan.removed)):
+        for kind, name in items:
+            click.echo(f"  {label} {kind} {name}")
+    click.echo(
+        f"Plan: {len(plan.added)} to add, {len(plan.changed)} to change, "
+        f"{len(plan.removed)} to remove, {len(plan.unchanged)} unchanged."
+    )
+    if dry_run:
+        return
+    project.apply(actor=os.environ.get("USER", "cli"))
+    click.echo("Applied.")
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--batch-id", default=None, help="Idempotency key (default: content hash).")
+@click.pass_context
+def ingest(ctx: click.Context, source: str, file: Path, batch_id: str | None) -> None:
+    """Validate FILE (CSV or Parquet) against SOURCE's schema and ingest it."""
+    project = _project(ctx)
+    spec = project.definitions.get("source", source)
+    result = project.offline.ingest(spec, str(file), batch_id=batch_id, events=project.events)
+    verb = "already ingested" if result.skipped else "ingested"
+    click.echo(f"{source}: batch {result.batch_id} {verb} ({result.rows} rows)")
+
+
+@cli.command()
+@click.option("--end", default=None, help="Materialize values as of this ISO time (default: now).")
+@click.pass_context
+def materialize(ctx: click.Context, end: str | None) -> None:
+    """Write the latest feature values into the online store."""
+    from flywheel.data.materialize import materialize as run
+
+    project = _project(ctx)
+    at = _parse_ts(end, "--end") if end else datetime.now(UTC)
+    views = [
+        *project.definitions.of_kind("feature_view"),
+        *project.definitions.of_kind("window_aggregation"),
+    ]
+    for result in run(project.offline, project.online, views, end=at, events=project.events):
+        click.echo(f"{result.view}: {result.rows} rows")
+
+
+@cli.command()
+@click.option("--host", default=None, help="Interface to bind (default from flywheel.yaml).")
+@click.option("--port", type=int, default=None, help="Port (default from flywheel.yaml).")
+@click.option("--allow-remote", is_flag=True, help="Allow binding a non-loopback interface.")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, allow_remote: bool) -> None:
+    """Serve every deployment over HTTP (JSON API and V2 health routes)."""
+    from flywheel.serving.app import create_app
+    from flywheel.serving.predlog import PredictionLog
+    from flywheel.serving.runtime import handlers_for_project
+    from flywheel.serving.server import serve as run_server
+
+    project = _project(ctx)
+    handlers = handlers_for_project(project, poll_interval_s=1.0)
+    cfg = project.config.serving
+    with PredictionLog(Path(project.config.predictions)) as log:
+        app = create_app(
+            {h.name: h for h in handlers},
+            log,
+            max_body_bytes=cfg.max_body_bytes,
+            admin_token=cfg.admin_token,
+        )
+        click.echo(f"Serving {', '.join(h.name for h in handlers)}")
+        run_server(app, host=host or cfg.host, port=port or cfg.port, allow_remote=allow_remote)
+    for h in handlers:
+        h.stop()
+
+
+@cli.command()
+@click.option("--kind", default=None, help="Only events of this kind (e.g. alias.moved).")
+@click.option("--subject", default=None, help="Only events about this subject.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.pass_context
+def events(
+    ctx: click.Context, kind: str | None, subject: str | None, limit: int, as_json: bool
+) -> None:
+    """List the event log: every state change, oldest first."""
+    project = _project(ctx)
+    for ev in project.events.list_events(kind=kind, subject=subject, limit=limit):
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "id": ev.id,
+                        "ts": ev.ts.isoformat(),
+                        "kind": ev.kind,
+                        "subject": ev.subject,
+                        "actor": ev.actor,
+                        "payload": ev.payload,
+                    },
+                    sort_keys=True,
+                )
+            )
+        else:
+            detail = json.dumps(ev.payload, sort_keys=True)
+            if len(detail) > 100:
+                detail = detail[:97] + "..."
+            click.echo(
+                f"{ev.id:>5}  {ev.ts:%Y-%m-%d %H:%M:%S}  {ev.kind:<22} {ev.subject:<24}"
+                f" {ev.actor:<10} {detail}"
+            )
+
+
+@cli.group()
+def models() -> None:
+    """Registered models, versions and aliases."""
+
+
+@models.command("list")
+@click.pass_context
+def models_list(ctx: click.Context) -> None:
+    """List registered models with their versions and aliases."""
+    project = _project(ctx.find_root())
+    for name in project.registry.list_models():
+        aliases = project.registry.list_aliases(name)
+        for v in project.registry.list_versions(name):
+            tags = ", ".join(a for a, ver in aliases.items() if ver == v.version)
+            metrics = " ".join(f"{k}={val:.4f}" for k, val in sorted(v.metrics.items()))
+            click.echo(f"{name}/{v.version}  {v.created_at:%Y-%m-%d %H:%M}  [{tags}]  {metrics}")
+
+
+@models.command("alias")
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", type=int)
+@click.option("--reason", default="", help="Why (recorded in the event log).")
+@click.pass_context
+def models_alias(ctx: click.Context, name: str, alias: str, version: int, reason: str) -> None:
+    """Point ALIAS of model NAME at VERSION."""
+    project = _project(ctx.find_root())
+    project.registry.get_version(name, version)
+    previous = project.registry.set_alias(
+        name, alias, version, actor=os.environ.get("USER", "cli"), reason=reason
+    )
+    click.echo(f"{name}@{alias}: {previous} -> {version}")
+
+
+@cli.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("flywheel-demo"),
+    show_default=True,
+    help="Empty (or new) directory to run the demo in.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the summary as JSON to this path.",
+)
+@click.option(
+    "--requests",
+    type=click.IntRange(100, 20_000),
+    default=1500,
+    show_default=True,
+    help="How many July-December flights to replay through the server.",
+)
+def demo(directory: Path, json_path: Path | None, requests: int) -> None:
+    """Run the whole loop on NYC flights 2013 and print a summary."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from flywheel.examples.flights.demo import run_demo
+
+    console = Console()
+    summary = run_demo(directory, console=console, requests=requests)
+    table = Table(title="Flywheel demo: NYC flights 2013")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row(
+        "champion AUC (Dec holdout)", f"{summary.champion_auc:.4f}  (v{summary.champion_version})"
+    )
+    if summary.challenger_auc is not None:
+        table.add_row(
+            "challenger AUC (Dec holdout)",
+            f"{summary.challenger_auc:.4f}  (v{summary.challenger_version})",
+        )
+    table.add_row("majority-class baseline AUC", f"{summary.baseline_auc:.4f}")
+    table.add_row(
+        "serving p50 / p99 (HTTP)",
+        f"{summary.serving_p50_ms:.2f} / {summary.serving_p99_ms:.2f} ms",
+    )
+    table.add_row("requests (failed)", f"{summary.requests} ({summary.failed_requests})")
+    table.add_row("drifted features", ", ".join(summary.drifted_features) or "none")
+    table.add_row("decision", f"{summary.decision}: production -> v{summary.production_version}")
+    table.add_row("drift report", summary.report)
+    table.add_row("wall time", f"{summary.seconds:.0f} s")
+    console.print(table)
+    console.print(f"[dim]{summary.decision_reason}[/]")
+    console.print(f"See the story: flywheel --project {directory} events")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(summary.to_json() + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; map Flywheel errors to one-line messages and exit codes."""
+    try:
+        result = cli.main(args=argv, prog_name="flywheel", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except FlywheelError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        click.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

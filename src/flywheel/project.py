@@ -1,0 +1,269 @@
+"""A Flywheel project: its config, its definitions module, and the stores they name.
+
+``Project.open(root)`` is the one place the stores are built from ``flywheel.yaml``; the CLI, the
+server and the demo all go through it. Stores are created lazily so that a command only opens
+what it uses.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flywheel.config import CONFIG_FILE, ProjectConfig, load_config
+from flywheel.errors import AlreadyExists, InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from flywheel.control.events import EventLog
+    from flywheel.data.offline import OfflineStore
+    from flywheel.data.online import SQLiteOnlineStore
+    from flywheel.data.specs import (
+        Entity,
+        FeatureService,
+        FeatureView,
+        Source,
+        WindowAggregation,
+    )
+    from flywheel.registry.store import ModelRegistry
+    from flywheel.serving.deployments import DeploymentStore
+    from flywheel.storage.blobs import BlobStore
+    from flywheel.storage.definitions import DefinitionStore, Plan
+    from flywheel.storage.sql import Database
+    from flywheel.tracking.store import RunStore
+
+    Spec = Source | Entity | FeatureView | WindowAggregation | FeatureService
+
+__all__ = ["Definitions", "Project", "init_project"]
+
+_TEMPLATE_CONFIG = """\
+# Flywheel project: backends are chosen by URI; relative paths are relative to this file.
+project: {name}
+metadata: sqlite:///.flywheel/metadata.db      # or postgresql://user@host:5432/db
+artifacts: .flywheel/artifacts                 # or s3://bucket/prefix
+offline: .flywheel/offline                     # Parquet, queried with DuckDB
+online: sqlite:///.flywheel/online.db          # online feature store
+predictions: .flywheel/predictions             # prediction log segments (Parquet)
+reports: reports                               # drift reports (HTML)
+definitions: definitions.py                    # the module of feature definitions
+serving:
+  host: 127.0.0.1
+  port: 8000
+"""
+
+# Order matters for apply: what a definition refers to is registered before it.
+SPEC_KINDS = ("source", "entity", "feature_view", "window_aggregation", "feature_service")
+
+
+def init_project(root: Path | str, *, name: str = "flights", force: bool = False) -> Path:
+    """Write a new project for the NYC flights example into ``root``.
+
+    Raises:
+        AlreadyExists: ``root`` already holds a ``flywheel.yaml`` (and ``force`` is False).
+    """
+    from flywheel.naming import validate_name
+
+    validate_name("project", name)
+    root = Path(root)
+    if (root / CONFIG_FILE).exists() and not force:
+        raise AlreadyExists(f"{root / CONFIG_FILE} exists already (use --force to overwrite)")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / CONFIG_FILE).write_text(_TEMPLATE_CONFIG.format(name=name), encoding="utf-8")
+    template = Path(__file__).parent / "examples" / "flights" / "definitions.py"
+    shutil.copyfile(template, root / "definitions.py")
+    return root
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """The spec objects a definitions module declares, by kind."""
+
+    specs: tuple[Spec, ...]
+
+    def of_kind(self, kind: str) -> list[Spec]:
+        """Return the specs of one kind, in declaration order."""
+        return [s for s in self.specs if s.kind == kind]
+
+    def get(self, kind: str, name: str) -> Spec:
+        """Return one spec by kind and name (NotFound otherwise)."""
+        for spec in self.specs:
+            if spec.kind == kind and spec.name == name:
+                return spec
+        raise NotFound(f"no {kind} named {name!r} in the project's definitions")
+
+    def source(self, name: str) -> Source:
+        """Return the source named ``name``."""
+        from flywheel.data.specs import Source
+
+        spec = self.get("source", name)
+        assert isinstance(spec, Source)
+        return spec
+
+    def as_triples(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """Return ``(kind, name, spec dict)`` for the definition store, in apply order."""
+        ordered = sorted(self.specs, key=lambda s: SPEC_KINDS.index(s.kind))
+        return [(s.kind, s.name, s.model_dump(mode="json")) for s in ordered]
+
+
+def load_definitions(path: Path) -> Definitions:
+    """Import the project's definitions module and collect its spec objects.
+
+    The module is the project's own Python code (as with Feast's repo files) and is executed.
+    """
+    from flywheel.data import specs as spec_module
+
+    types = (
+        spec_module.Source,
+        spec_module.Entity,
+        spec_module.FeatureView,
+        spec_module.WindowAggregation,
+        spec_module.FeatureService,
+    )
+    if not path.is_file():
+        raise NotFound(f"definitions module {path} does not exist")
+    mod_name = f"_flywheel_definitions_{abs(hash(str(path)))}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise InvalidArgument(f"cannot import definitions module {path}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise InvalidArgument(f"{path}: failed to import: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.modules.pop(mod_name, None)
+    found: list[Spec] = [v for v in vars(module).values() if isinstance(v, types)]
+    seen: set[tuple[str, str]] = set()
+    for s in found:
+        if (s.kind, s.name) in seen:
+            raise InvalidArgument(f"{path}: two {s.kind} definitions are named {s.name!r}")
+        seen.add((s.kind, s.name))
+    return Definitions(tuple(found))
+
+
+class Project:
+    """A project directory and the stores its config names (opened lazily)."""
+
+    def __init__(self, config: ProjectConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def open(cls, root: Path | str = ".") -> Project:
+        """Load ``flywheel.yaml`` from ``root``."""
+        return cls(load_config(root))
+
+    @property
+    def root(self) -> Path:
+        """The project directory."""
+        return self.config.root
+
+    @cached_property
+    def db(self) -> Database:
+        """The metadata database, migrated to the latest schema."""
+        from flywheel.storage.sql import open_database
+
+        return open_database(self.config.metadata)
+
+    @cached_property
+    def events(self) -> EventLog:
+        """The append-only event log."""
+        from flywheel.control.events import EventLog
+
+        return EventLog(self.db)
+
+    @cached_property
+    def definitions_store(self) -> DefinitionStore:
+        """Versioned definitions in the metadata store."""
+        from flywheel.storage.definitions import DefinitionStore
+
+        return DefinitionStore(self.db, self.events)
+
+    @cached_property
+    def registry(self) -> ModelRegistry:
+        """The model registry."""
+        from flywheel.registry.store import ModelRegistry
+
+        return ModelRegistry(self.db)
+
+    @cached_property
+    def runs(self) -> RunStore:
+        """The run store (experiment tracking)."""
+        from flywheel.tracking.store import RunStore
+
+        return RunStore(self.db)
+
+    @cached_property
+    def deployments(self) -> DeploymentStore:
+        """Deployments known to the serving plane."""
+        from flywheel.serving.deployments import DeploymentStore
+
+        return DeploymentStore(self.db)
+
+    @cached_property
+    def blobs(self) -> BlobStore:
+        """The content-addressed artifact store."""
+        from flywheel.storage.blobs import BlobStore
+
+        return BlobStore(self.config.artifacts)
+
+    @cached_property
+    def offline(self) -> OfflineStore:
+        """The offline feature store (Parquet + DuckDB)."""
+        from flywheel.data.offline import OfflineStore
+
+        return OfflineStore(self.config.offline)
+
+    @cached_property
+    def online(self) -> SQLiteOnlineStore:
+        """The online feature store."""
+        from flywheel.data.online import SQLiteOnlineStore
+
+        uri = self.config.online
+        prefix = "sqlite:///"
+        if not uri.startswith(prefix):
+            raise InvalidArgument(
+                f"online: unsupported URI {uri!r}; expected sqlite:///PATH (Redis comes later)"
+            )
+        return SQLiteOnlineStore(Path(uri[len(prefix) :]))
+
+    @cached_property
+    def definitions(self) -> Definitions:
+        """The spec objects declared by the project's definitions module."""
+        return load_definitions(Path(self.config.definitions))
+
+    def plan(self) -> Plan:
+        """Compare the definitions module with the registered definitions."""
+        return self.definitions_store.plan(self.definitions.as_triples(), kinds=SPEC_KINDS)
+
+    def apply(self, *, actor: str = "cli") -> Plan:
+        """Register every definition (new versions for changed ones, tombstones for removed)."""
+        plan = self.plan()
+        for kind, name, spec in self.definitions.as_triples():
+            self.definitions_store.apply(kind, name, spec, actor=actor)
+        for kind, name in plan.removed:
+            self.definitions_store.delete(kind, name, actor=actor)
+        return plan
+
+    def view_versions(self, names: Sequence[str]) -> dict[str, int]:
+        """Return the registered version of each named feature view or aggregation."""
+        out: dict[str, int] = {}
+        for name in names:
+            for kind in ("feature_view", "window_aggregation"):
+                try:
+                    out[name] = self.definitions_store.get(kind, name).version
+                    break
+                except NotFound:
+                    continue
+            else:
+                raise NotFound(f"feature view {name!r} is not registered (run `flywheel apply`)")
+        return out
+
+    def close(self) -> None:
+        """Release database connections."""
+        if "db" in self.__dict__:
+            self.db.dispose()

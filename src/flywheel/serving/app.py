@@ -1,0 +1,568 @@
+"""The serving HTTP app: health, deployment listing, prediction and Prometheus metrics.
+
+=========================================  ==================================================
+route                                      answer
+=========================================  ==================================================
+``GET /v2/health/live``                    200 ``{"live": true}`` while the process serves
+``GET /v2/health/ready``                   200 once every ``ready()`` is True, else 503
+``GET /v1/deployments``                    deployment names and their request fields
+``POST /v1/deployments/{name}/predict``    one prediction (below)
+``GET /metrics``                           Prometheus text format
+=========================================  ==================================================
+
+A prediction request goes through these checks, in order, and the first that fails answers:
+unknown deployment 404; a content type other than ``application/json`` (UTF-8) 415; a body over
+``max_body_bytes`` 413, decided from ``Content-Length`` before reading or while counting the chunks
+of a chunked body, never after buffering it all; a body not received within ``body_timeout_s``
+408; bytes that are not JSON (invalid UTF-8, duplicate keys, nesting deeper than ``max_depth``)
+400; a row that does not fit the deployment's request fields 422 naming the field (this includes
+``NaN``/``Infinity`` literals and numbers too large to be finite, which no field type accepts).
+The handler's ``predict`` then runs in a worker thread; a ``FlywheelError`` it raises answers
+with its own status and ``to_dict()``, anything else with a generic 500 that echoes nothing and
+is logged. Every error body is ``{"code", "message", "context"}``; every answer of
+the predict route carries an ``X-Request-ID`` header.
+
+Every request routed to a deployment, answered or rejected, is appended to the
+:class:`~flywheel.serving.predlog.PredictionLog` if one is given; appending never blocks.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from flywheel.errors import BackendUnavailable, FlywheelError, InvalidArgument, NotFound
+from flywheel.naming import validate_name
+from flywheel.serving.handler import DeploymentHandler, Prediction
+from flywheel.serving.predlog import PredictionLog, PredictionRecord
+from flywheel.serving.requests import DEFAULT_MAX_DEPTH, decode_json, parse_row
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "LATENCY_BUCKETS",
+    "ServingMetrics",
+    "create_app",
+    "is_authorized",
+    "require_admin",
+]
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+"""Upper bounds, in seconds, of the request latency histogram (``+Inf`` is implied)."""
+
+_LOG = logging.getLogger(__name__)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_PREDICT_PATH = "/v1/deployments/{name}/predict"
+_PUBLIC_MUTATING_PATHS = frozenset({_PREDICT_PATH})
+_UNKNOWN_DEPLOYMENT = "_unknown"  # never a valid deployment name, so never collides
+_LOGGED_BODY_LIMIT = 16 * 1024
+_HTTP_CODES = MappingProxyType(
+    {401: "unauthenticated", 404: "not_found", 405: "method_not_allowed"}
+)
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _utc_now() -> datetime:
+    """Return the current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def _error_body(
+    code: str, message: str, context: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Build the one error body shape every route uses."""
+    return {"code": code, "message": message, "context": dict(context or {})}
+
+
+def _json_default(value: object) -> object:
+    """Encode what ``json`` cannot: numpy scalars and datetimes."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    item = getattr(value, "item", None)
+    if callable(item):
+        return item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _encode(body: object) -> bytes:
+    """Encode strict, ASCII-only JSON (no NaN), so lone surrogates never break a reply.
+
+    Raises:
+        TypeError: ``body`` holds a value JSON cannot carry.
+        ValueError: ``body`` holds a non-finite float.
+    """
+    text = json.dumps(
+        body, ensure_ascii=True, allow_nan=False, separators=(",", ":"), default=_json_default
+    )
+    return text.encode("ascii")
+
+
+def _json_response(status: int, body: object, headers: Mapping[str, str] | None = None) -> Response:
+    """Render ``body`` as a JSON response."""
+    return Response(
+        _encode(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+class _Rejected(Exception):
+    """A request refused before it reached the handler, with its HTTP status and error body."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, close: bool = False, **context: Any
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = _error_body(code, message, context)
+        self.close = close
+
+
+def is_authorized(authorization: str | None, admin_token: str | None) -> bool:
+    """Return True if ``authorization`` (the header value) carries ``admin_token``.
+
+    With no admin token configured every caller is authorized. The comparison takes the same
+    time whatever the supplied token is.
+
+    Examples:
+        >>> is_authorized(None, None)
+        True
+        >>> is_authorized("Bearer s3cret", "s3cret"), is_authorized("Bearer nope", "s3cret")
+        (True, False)
+        >>> is_authorized(None, "s3cret"), is_authorized("s3cret", "s3cret")
+        (False, False)
+    """
+    if admin_token is None:
+        return True
+    scheme, _, supplied = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not supplied:
+        return False
+    return hmac.compare_digest(supplied.strip().encode(), admin_token.encode())
+
+
+def require_admin(endpoint: Endpoint, admin_token: str | None) -> Endpoint:
+    """Wrap ``endpoint`` so it answers 401 unless the request carries the admin bearer token.
+
+    :func:`create_app` applies this to every mutating route except prediction, so a route added
+    later is protected unless it is deliberately listed as public.
+    """
+
+    async def guarded(request: Request) -> Response:
+        if not is_authorized(request.headers.get("authorization"), admin_token):
+            body = _error_body("unauthenticated", "this route needs an admin bearer token")
+            return _json_response(401, body, {"WWW-Authenticate": "Bearer"})
+        return await endpoint(request)
+
+    return guarded
+
+
+def _escape_label(value: str) -> str:
+    """Escape a Prometheus label value."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class ServingMetrics:
+    """Request counters and a latency histogram, rendered in the Prometheus text format.
+
+    Examples:
+        >>> metrics = ServingMetrics()
+        >>> metrics.observe("delays", 200, 0.003)
+        >>> print(metrics.render(dropped=0).splitlines()[2])
+        flywheel_requests_total{deployment="delays",code="200"} 1
+    """
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        self._lock = threading.Lock()
+        self._requests: dict[tuple[str, int], int] = {}
+        self._bucket_counts: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = {}
+
+    def observe(self, deployment: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        with self._lock:
+            key = (deployment, status)
+            self._requests[key] = self._requests.get(key, 0) + 1
+            counts = self._bucket_counts.setdefault(deployment, [0] * (len(self.buckets) + 1))
+            for i, bound in enumerate(self.buckets):
+                if seconds <= bound:
+                    counts[i] += 1
+            counts[-1] += 1
+            self._sums[deployment] = self._sums.get(deployment, 0.0) + seconds
+
+    def requests(self, deployment: str, status: int) -> int:
+        """Return how many requests to ``deployment`` were answered with ``status``."""
+        with self._lock:
+            return self._requests.get((deployment, status), 0)
+
+    def render(self, *, dropped: int) -> str:
+        """Render every metric, plus the prediction log's ``dropped`` count."""
+        lines = [
+            "# HELP flywheel_requests_total Prediction requests answered, by deployment, status.",
+            "# TYPE flywheel_requests_total counter",
+        ]
+        with self._lock:
+            for (deployment, status), n in sorted(self._requests.items()):
+                labels = f'deployment="{_escape_label(deployment)}",code="{status}"'
+                lines.append(f"flywheel_requests_total{{{labels}}} {n}")
+            lines += [
+                "# HELP flywheel_request_latency_seconds Prediction request latency.",
+                "# TYPE flywheel_request_latency_seconds histogram",
+            ]
+            for deployment, counts in sorted(self._bucket_counts.items()):
+                label = f'deployment="{_escape_label(deployment)}"'
+                bounds = [repr(b) for b in self.buckets] + ["+Inf"]
+                for bound, n in zip(bounds, counts, strict=True):
+                    lines.append(
+                        f'flywheel_request_latency_seconds_bucket{{{label},le="{bound}"}} {n}'
+                    )
+                lines.append(
+                    f"flywheel_request_latency_seconds_sum{{{label}}} {self._sums[deployment]!r}"
+                )
+                lines.append(f"flywheel_request_latency_seconds_count{{{label}}} {counts[-1]}")
+        lines += [
+            "# HELP flywheel_prediction_log_dropped_total Prediction records not kept.",
+            "# TYPE flywheel_prediction_log_dropped_total counter",
+            f"flywheel_prediction_log_dropped_total {dropped}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _check_content_type(value: str | None) -> None:
+    """Accept ``application/json``, optionally with ``charset=utf-8``; refuse anything else."""
+    media_type, *params = (value or "").split(";")
+    if media_type.strip().lower() != "application/json":
+        raise _Rejected(415, "unsupported_media_type", "expected Content-Type application/json")
+    for param in params:
+        key, _, val = param.partition("=")
+        if key.strip().lower() == "charset" and val.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            raise _Rejected(415, "unsupported_media_type", "expected charset utf-8")
+
+
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """Read the body, refusing it (413) as soon as it is known or counted to exceed ``limit``."""
+    too_large = _Rejected(
+        413, "payload_too_large", f"request body exceeds {limit} bytes", max_body_bytes=limit
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise _Rejected(400, "invalid_argument", "invalid Content-Length header")
+        if int(declared) > limit:
+            raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        with anyio.fail_after(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        # A stalled client gets its socket closed now rather than at the keep-alive timeout.
+        raise _Rejected(
+            408, "request_timeout", f"request body not received within {timeout_s:g} s", close=True
+        ) from None
+    except ClientDisconnect:
+        raise _Rejected(400, "client_disconnected", "client disconnected") from None
+    return b"".join(chunks)
+
+
+@dataclass
+class _Outcome:
+    """What became of one routed request: status, body, and what the log records."""
+
+    started: float
+    status: int = 200
+    body: dict[str, Any] = field(default_factory=dict)
+    request: Mapping[str, Any] = field(default_factory=dict)
+    prediction: Prediction | None = None
+    latency_ms: float = 0.0
+    close_connection: bool = False
+
+    def stop(self) -> None:
+        """Fix the latency: time since parsing started."""
+        self.latency_ms = (time.perf_counter() - self.started) * 1000.0
+
+    def fail(self, status: int, body: dict[str, Any]) -> None:
+        """Record an error answer."""
+        self.stop()
+        self.status = status
+        self.body = body
+
+
+class _Service:
+    """The app's state and endpoints: handlers, prediction log, metrics and limits."""
+
+    def __init__(
+        self,
+        handlers: Mapping[str, DeploymentHandler],
+        log: PredictionLog | None,
+        *,
+        max_body_bytes: int,
+        body_timeout_s: float,
+        max_depth: int,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.handlers = dict(handlers)
+        self.log = log
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.max_depth = max_depth
+        self.clock = clock
+        self.metrics = ServingMetrics()
+
+    async def live(self, request: Request) -> Response:
+        """Answer the liveness probe."""
+        return _json_response(200, {"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        """Answer 200 when every deployment is ready, else 503 naming those that are not."""
+        waiting = [name for name, handler in self.handlers.items() if not _is_ready(handler)]
+        if waiting:
+            error = BackendUnavailable("not ready", context={"not_ready": waiting})
+            return _json_response(503, error.to_dict())
+        return _json_response(200, {"ready": True})
+
+    async def list_deployments(self, request: Request) -> Response:
+        """List deployments and the request fields each accepts."""
+        deployments = [
+            {
+                "name": name,
+                "ready": _is_ready(handler),
+                "request_fields": [
+                    {
+                        "name": f.name,
+                        "dtype": f.dtype,
+                        "required": f.required,
+                        "max_length": f.max_length,
+                    }
+                    for f in handler.request_fields
+                ],
+            }
+            for name, handler in sorted(self.handlers.items())
+        ]
+        return _json_response(200, {"deployments": deployments})
+
+    async def render_metrics(self, request: Request) -> Response:
+        """Render Prometheus metrics."""
+        dropped = self.log.dropped if self.log is not None else 0
+        return Response(
+            self.metrics.render(dropped=dropped),
+            media_type="text/plain; version=0.0.4; charset=utf-8",
+        )
+
+    async def predict(self, request: Request) -> Response:
+        """Validate one request, call the deployment, log the outcome and answer it."""
+        started = time.perf_counter()
+        received = self.clock()
+        supplied_id = request.headers.get("x-request-id")
+        request_id = (
+            supplied_id
+            if supplied_id is not None and _REQUEST_ID.fullmatch(supplied_id)
+            else uuid.uuid4().hex
+        )
+        headers = {"X-Request-ID": request_id}
+        name = request.path_params["name"]
+        handler = self.handlers.get(name)
+        if handler is None:
+            error = NotFound("no deployment by that name; GET /v1/deployments lists them")
+            self.metrics.observe(_UNKNOWN_DEPLOYMENT, 404, time.perf_counter() - started)
+            return _json_response(404, error.to_dict(), headers)
+
+        outcome = await self._run(handler, request, request_id)
+        try:
+            content = _encode(outcome.body)
+        except (TypeError, ValueError):
+            # An output JSON cannot carry (NaN, an odd type) is the handler's bug: a logged 500.
+            _LOG.exception("deployment %s returned an unencodable output", name)
+            outcome.fail(500, _error_body("internal", "internal error; see the server log"))
+            content = _encode(outcome.body)
+        self._finish(received, request_id, name, outcome)
+        self.metrics.observe(name, outcome.status, time.perf_counter() - started)
+        if outcome.close_connection:
+            headers["Connection"] = "close"
+        return Response(
+            content, status_code=outcome.status, media_type="application/json", headers=headers
+        )
+
+    async def _run(self, handler: DeploymentHandler, request: Request, request_id: str) -> _Outcome:
+        """Check, parse and predict one request; turn every failure into an error outcome."""
+        outcome = _Outcome(started=time.perf_counter())
+        try:
+            _check_content_type(request.headers.get("content-type"))
+            body = await _read_body(request, self.max_body_bytes, self.body_timeout_s)
+            outcome.started = time.perf_counter()
+            decoded = decode_json(body, max_depth=self.max_depth)
+            if isinstance(decoded, dict) and len(body) <= _LOGGED_BODY_LIMIT:
+                outcome.request = decoded  # what a rejected request sent, within reason
+            outcome.request = row = parse_row(handler.request_fields, decoded)
+            outcome.prediction = prediction = await run_in_threadpool(
+                handler.predict, request_id, row
+            )
+            outcome.stop()
+            outcome.body = {
+                "request_id": request_id,
+                "deployment": handler.name,
+                "model_name": prediction.model_name,
+                "model_version": prediction.model_version,
+                "arm": prediction.arm,
+                "prediction": prediction.output,
+                "feature_status": prediction.feature_status,
+                "latency_ms": outcome.latency_ms,
+            }
+        except _Rejected as exc:
+            outcome.fail(exc.status, exc.body)
+            outcome.close_connection = exc.close
+        except FlywheelError as exc:
+            outcome.fail(exc.http_status, exc.to_dict())
+            if exc.http_status >= 500:
+                _LOG.error(
+                    "deployment %s failed request %s", handler.name, request_id, exc_info=exc
+                )
+        except Exception:
+            _LOG.exception("deployment %s failed request %s", handler.name, request_id)
+            outcome.fail(500, _error_body("internal", "internal error; see the server log"))
+        return outcome
+
+    def _finish(
+        self, received: datetime, request_id: str, deployment: str, outcome: _Outcome
+    ) -> None:
+        """Append the outcome to the prediction log, if there is one; never blocks."""
+        if self.log is None:
+            return
+        prediction = outcome.prediction
+        ok = outcome.status == 200
+        self.log.append(
+            PredictionRecord(
+                request_id=request_id,
+                ts=received,
+                deployment=deployment,
+                arm=prediction.arm if prediction is not None else "",
+                model_name=prediction.model_name if prediction is not None else "",
+                model_version=prediction.model_version if prediction is not None else 0,
+                request=outcome.request,
+                features=prediction.features if prediction is not None else {},
+                output=prediction.output if ok and prediction is not None else outcome.body,
+                latency_ms=outcome.latency_ms,
+                status="ok" if ok else str(outcome.body["code"]),
+            )
+        )
+
+
+def _is_ready(handler: DeploymentHandler) -> bool:
+    """Ask a handler whether it is ready; a handler that raises is not."""
+    try:
+        return bool(handler.ready())
+    except Exception:
+        _LOG.exception("readiness check of deployment %s failed", handler.name)
+        return False
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Render Starlette's own errors (no route, wrong method) in the common error shape."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    code = _HTTP_CODES.get(status, "http_error")
+    message = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    return _json_response(status, _error_body(code, message), getattr(exc, "headers", None))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """Answer an unexpected exception with a generic 500 that echoes nothing."""
+    return _json_response(500, _error_body("internal", "internal error; see the server log"))
+
+
+def create_app(
+    handlers: Mapping[str, DeploymentHandler],
+    log: PredictionLog | None,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    body_timeout_s: float = 10.0,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    admin_token: str | None = None,
+    clock: Callable[[], datetime] = _utc_now,
+) -> Starlette:
+    """Build the serving app over ``handlers`` (keyed by deployment name).
+
+    Args:
+        handlers: The deployments to serve; each key must equal its handler's ``name``.
+        log: Where every routed request is recorded, or None to record nothing. The caller owns
+            it and closes it after the server stops.
+        max_body_bytes: Largest request body accepted; larger ones get 413.
+        body_timeout_s: How long a client may take to send the body before 408.
+        max_depth: Deepest JSON nesting accepted before 400.
+        admin_token: When set, every mutating route except prediction needs
+            ``Authorization: Bearer <token>``.
+        clock: Source of the ``ts`` recorded in the prediction log.
+
+    Returns:
+        The Starlette app; its :class:`ServingMetrics` is ``app.state.metrics``.
+
+    Raises:
+        InvalidArgument: A deployment name is not allowed or does not match its handler, a limit
+            is not positive, or ``admin_token`` is empty.
+    """
+    for key, handler in handlers.items():
+        validate_name("deployment", key)
+        if handler.name != key:
+            raise InvalidArgument(
+                f"deployment {key!r} is mapped to a handler named {handler.name!r}",
+                context={"deployment": key},
+            )
+    if max_body_bytes < 1 or not body_timeout_s > 0 or max_depth < 1:
+        raise InvalidArgument("max_body_bytes, body_timeout_s and max_depth must be positive")
+    if admin_token is not None and not admin_token.strip():
+        raise InvalidArgument("admin_token must not be empty")
+    service = _Service(
+        handlers,
+        log,
+        max_body_bytes=max_body_bytes,
+        body_timeout_s=body_timeout_s,
+        max_depth=max_depth,
+        clock=clock,
+    )
+    table: list[tuple[str, Endpoint, list[str]]] = [
+        ("/v2/health/live", service.live, ["GET"]),
+        ("/v2/health/ready", service.ready, ["GET"]),
+        ("/v1/deployments", service.list_deployments, ["GET"]),
+        (_PREDICT_PATH, service.predict, ["POST"]),
+        ("/metrics", service.render_metrics, ["GET"]),
+    ]
+    routes = []
+    for path, endpoint, methods in table:
+        mutating = _MUTATING_METHODS.intersection(methods)
+        guarded = (
+            require_admin(endpoint, admin_token)
+            if mutating and path not in _PUBLIC_MUTATING_PATHS
+            else endpoint
+        )
+        routes.append(Route(path, guarded, methods=methods))
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+    app.state.metrics = service.metrics
+    app.state.service = service
+    return app
