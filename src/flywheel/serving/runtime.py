@@ -176,7 +176,7 @@ class ModelHandler:
             model_name=model.name,
             model_version=model.version.version,
             output={model.signature.output: probability, "label": int(probability >= 0.5)},
-            features=features,
+            features={name: inputs.get(name) for name in model.signature.inputs},
             feature_status=status,
         )
 

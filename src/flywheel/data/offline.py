@@ -1,0 +1,524 @@
+"""The offline store: validated batches as Parquet files, queried with DuckDB.
+
+Layout under ``root`` (source names and batch ids are validated names, never raw paths)::
+
+    root/<source>/_manifest.json                 the commit point: spec, batches, next sequence
+    root/<source>/batch=<batch_id>/part-00000.parquet
+    root/<source>/.lock                          serializes writers (flock), across processes
+
+An ingest validates the whole batch first (nothing is written on failure), stamps every row with
+``_created_ts`` (the ingestion time) and ``_seq`` (a per-source ingestion sequence, persisted in
+the manifest), writes the Parquet file into a temporary directory, fsyncs it, renames the
+directory into place and only then swaps the manifest (write, fsync, atomic rename). Readers only
+see files the manifest lists, so a crash never leaves a half-visible batch; temporary and
+unlisted directories are removed when a store is opened. Re-ingesting a batch id already
+committed is a no-op (``skipped=True``); the same id with different content is a ``Conflict``.
+The default batch id is the sha256 of the validated content, so re-sending a batch is a no-op.
+
+Rows are sorted by the source's event timestamp inside a batch so that Parquet row-group
+statistics let DuckDB skip most of a file for a time-range query, and the manifest keeps each
+batch's event-time range so that :meth:`OfflineStore.scan` can leave whole files out.
+
+Examples:
+    >>> import tempfile
+    >>> from datetime import UTC, datetime
+    >>> import pyarrow as pa
+    >>> from flywheel.data.specs import Field, Source
+    >>> src = Source(name="planes", fields=[Field(name="tailnum", dtype="string")])
+    >>> with tempfile.TemporaryDirectory() as root:
+    ...     store = OfflineStore(root)
+    ...     first = store.ingest(src, pa.table({"tailnum": ["N1", "N2"]}), batch_id="b1")
+    ...     again = store.ingest(src, pa.table({"tailnum": ["N1", "N2"]}), batch_id="b1")
+    ...     con = store.connect()
+    ...     n = con.sql(f"SELECT count(*) FROM {store.scan('planes')}").fetchall()
+    ...     con.close()
+    >>> (first.rows, again.skipped, n)
+    (2, True, [(2,)])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flywheel.data.specs import Source
+from flywheel.data.validation import validate_batch
+from flywheel.errors import Conflict, InvalidArgument, NotFound, ValidationError
+from flywheel.naming import validate_name
+
+if TYPE_CHECKING:
+    import duckdb
+    import pandas as pd
+    import pyarrow as pa
+
+    from flywheel.control.events import EventSink
+
+__all__ = ["IngestResult", "OfflineStore", "SourceSnapshot"]
+
+_MANIFEST = "_manifest.json"
+_TMP_PREFIX = ".tmp-"
+_BATCH_PREFIX = "batch="
+_ROW_GROUP = 65_536
+_SQL_TYPES = {
+    "int64": "BIGINT",
+    "float64": "DOUBLE",
+    "string": "VARCHAR",
+    "bool": "BOOLEAN",
+    "timestamp": "TIMESTAMPTZ",
+}
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one :meth:`OfflineStore.ingest` did."""
+
+    source: str
+    batch_id: str
+    rows: int
+    files: tuple[str, ...]
+    skipped: bool
+
+
+@dataclass(frozen=True)
+class SourceSnapshot:
+    """A consistent view of one source: its spec, the SQL to scan it and its sequence high mark.
+
+    ``max_seq`` is the highest ``_seq`` committed (-1 when empty); rows ingested later have
+    larger sequence numbers, which is what incremental materialization relies on.
+    """
+
+    spec: Source
+    expr: str
+    max_seq: int
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _digest(table: pa.Table) -> str:
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table.combine_chunks())
+    return hashlib.sha256(sink.getvalue()).hexdigest()
+
+
+def _read_csv(source: Source, path: Path) -> pa.Table:
+    import re
+
+    import pyarrow as pa
+    from pyarrow import csv
+
+    arrow_types = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string()}
+    arrow_types["bool"] = pa.bool_()
+    # Timestamps are read as text so that validation can refuse values without an offset.
+    types = {f.name: arrow_types.get(f.dtype, pa.string()) for f in source.fields}
+    convert = csv.ConvertOptions(column_types=types, strings_can_be_null=True)
+    try:
+        return csv.read_csv(path, convert_options=convert)
+    except pa.ArrowInvalid as exc:
+        message = str(exc)
+        match = re.search(r"CSV column #(\d+)", message)
+        field = "data"
+        if match:
+            import csv as pycsv
+
+            with open(path, newline="") as fh:
+                header = next(pycsv.reader(fh), [])
+            index = int(match.group(1))
+            if index < len(header):
+                field = header[index]
+        raise ValidationError(field, message.split("\n")[0]) from exc
+
+
+def _to_table(source: Source, data: Any) -> pa.Table:
+    import pyarrow as pa
+
+    if isinstance(data, pa.Table):
+        return data
+    if isinstance(data, str | Path):
+        path = Path(data)
+        if not path.is_file():
+            raise NotFound(f"no file at {path}")
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            return _read_csv(source, path)
+        if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            try:
+                return pq.read_table(path)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise ValidationError(
+                    "data", f"unreadable Parquet file {path.name}: {exc}"
+                ) from exc
+        raise InvalidArgument(f"expected a CSV or Parquet file (.csv, .parquet), got {path.name!r}")
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        try:
+            return pa.Table.from_pandas(data, preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ValidationError("data", f"cannot convert the DataFrame: {exc}") from exc
+    raise InvalidArgument(
+        f"expected a pyarrow Table, a pandas DataFrame or a file path, got {type(data).__name__}"
+    )
+
+
+class OfflineStore:
+    """Parquet batches under ``root``, one directory per source, queried with DuckDB.
+
+    Safe for concurrent writers (threads or processes): writers of a source take its lock file.
+    ``fsync=False`` skips the flushes to disk (atomicity is kept, durability across a power
+    loss is not): for tests and scratch stores only.
+    """
+
+    def __init__(self, root: Path | str, *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._db_lock = threading.Lock()
+        self._db: duckdb.DuckDBPyConnection | None = None
+        self._db_pid = 0
+        for name in self.sources(include_uncommitted=True):
+            self._recover(name)
+
+    def __repr__(self) -> str:
+        return f"OfflineStore({str(self.root)!r})"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def sources(self, *, include_uncommitted: bool = False) -> list[str]:
+        """Return the names of the sources with at least one committed batch, sorted."""
+        out = []
+        for entry in sorted(self.root.iterdir()):
+            if not entry.is_dir() or entry.name.startswith("."):
+                continue
+            if include_uncommitted or (entry / _MANIFEST).is_file():
+                out.append(entry.name)
+        return out
+
+    def snapshot(self, source_name: str) -> dict[str, Any]:
+        """Return the committed batches of a source (ids, row counts, sequence ranges).
+
+        Raises:
+            NotFound: nothing was ever ingested for ``source_name``.
+        """
+        manifest = self._manifest(source_name)
+        batches = [
+            {k: b[k] for k in ("batch_id", "rows", "digest", "seq_start", "created_ts")}
+            for b in manifest["batches"]
+        ]
+        return {
+            "source": source_name,
+            "rows": sum(int(b["rows"]) for b in batches),
+            "next_seq": int(manifest["next_seq"]),
+            "batches": batches,
+        }
+
+    def get_source(self, source_name: str) -> Source:
+        """Return the spec the latest batch of ``source_name`` was ingested with."""
+        return Source.model_validate(self._manifest(source_name)["source"])
+
+    def scan(
+        self,
+        source_name: str,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> str:
+        """Return a DuckDB table expression over the committed rows of a source.
+
+        Columns are the source's fields plus ``_created_ts`` and ``_seq``. ``start``/``end``
+        (inclusive) only leave out whole batches whose event-time range lies outside them;
+        filter rows in the query.
+
+        Raises:
+            NotFound: nothing was ever ingested for ``source_name``.
+        """
+        return self.snapshot_scan(source_name, start=start, end=end).expr
+
+    def snapshot_scan(
+        self,
+        source_name: str,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        after_seq: int | None = None,
+        time_field: str | None = None,
+    ) -> SourceSnapshot:
+        """Return the spec, scan expression and sequence high mark from one manifest read.
+
+        Batches are left out only when their event-time range (of the source's timestamp
+        field) misses ``[start, end]``, unless they hold rows with ``_seq > after_seq`` that
+        are not after ``end``. Pruning is skipped when ``time_field`` is given and is not the
+        source's timestamp field.
+        """
+        manifest = self._manifest(source_name)
+        spec = Source.model_validate(manifest["source"])
+        prune = time_field is None or time_field == spec.timestamp_field
+        files: list[str] = []
+        for batch in manifest["batches"]:
+            lo, hi = batch.get("min_ts"), batch.get("max_ts")
+            lo_ts = datetime.fromisoformat(lo) if lo is not None else None
+            hi_ts = datetime.fromisoformat(hi) if hi is not None else None
+            if prune:
+                after_end = end is not None and lo_ts is not None and lo_ts > end
+                before_start = start is not None and hi_ts is not None and hi_ts < start
+                fresh = after_seq is not None and (
+                    int(batch["seq_start"]) + int(batch["rows"]) - 1 > after_seq
+                )
+                if after_end or (before_start and not fresh):
+                    continue
+            files.extend(str(self.root / source_name / f) for f in batch["files"])
+        if files:
+            listing = ", ".join(_sql_str(f) for f in files)
+            expr = f"read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
+        else:
+            cols = [f'CAST(NULL AS {_SQL_TYPES[f.dtype]}) AS "{f.name}"' for f in spec.fields]
+            cols += ['CAST(NULL AS TIMESTAMPTZ) AS "_created_ts"', 'CAST(NULL AS BIGINT) AS "_seq"']
+            expr = f"(SELECT {', '.join(cols)} WHERE false)"
+        return SourceSnapshot(spec=spec, expr=expr, max_seq=int(manifest["next_seq"]) - 1)
+
+    def close(self) -> None:
+        """Close the shared DuckDB database (connections from :meth:`connect` stop working)."""
+        with self._db_lock:
+            if self._db is not None and self._db_pid == os.getpid():
+                self._db.close()
+            self._db = None
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """Return a new DuckDB connection (UTC, at most 4 threads); close it when done."""
+        import duckdb
+
+        with self._db_lock:
+            if self._db is None or self._db_pid != os.getpid():
+                db = duckdb.connect(":memory:", config={"threads": min(4, os.cpu_count() or 1)})
+                db.execute("SET GLOBAL TimeZone = 'UTC'")
+                self._db, self._db_pid = db, os.getpid()
+            return self._db.cursor()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def ingest(
+        self,
+        source: Source,
+        data: pa.Table | pd.DataFrame | str | Path,
+        *,
+        batch_id: str | None = None,
+        now: datetime | None = None,
+        events: EventSink | None = None,
+    ) -> IngestResult:
+        """Validate ``data`` against ``source`` and commit it atomically as one batch.
+
+        Args:
+            source: the source spec; stored with the batch (a changed dtype is a ``Conflict``).
+            data: an Arrow table, a pandas DataFrame, or the path of a CSV or Parquet file.
+            batch_id: idempotency key; defaults to the sha256 of the validated content.
+            now: ingestion time (default: the clock); stamped as ``_created_ts``.
+            events: where to append ``data.ingested`` once committed.
+
+        Raises:
+            ValidationError: the batch breaks the schema (nothing is written).
+            Conflict: ``batch_id`` was committed with different content, or the spec changed
+                the type of an existing column.
+        """
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        validate_name("source", source.name)
+        if batch_id is not None:
+            validate_name("batch_id", batch_id)
+        now = datetime.now(UTC) if now is None else now
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise InvalidArgument(f"now must be time-zone aware, got naive {now.isoformat()}")
+        now = now.astimezone(UTC)
+        table = validate_batch(source, _to_table(source, data), now=now)
+        digest = _digest(table)
+        batch_id = batch_id or digest
+        src_dir = self.root / source.name
+        src_dir.mkdir(exist_ok=True)
+        with self._locked(source.name):
+            manifest = self._manifest_or_new(source)
+            for batch in manifest["batches"]:
+                if batch["batch_id"] == batch_id:
+                    if batch["digest"] != digest:
+                        raise Conflict(
+                            f"batch {batch_id!r} of source {source.name!r} was committed with "
+                            "different content",
+                            context={"source": source.name, "batch_id": batch_id},
+                        )
+                    return IngestResult(
+                        source.name, batch_id, int(batch["rows"]), tuple(batch["files"]), True
+                    )
+            self._check_compatible(Source.model_validate(manifest["source"]), source)
+            seq_start = int(manifest["next_seq"])
+            n = table.num_rows
+            created = pa.scalar(now, pa.timestamp("us", tz="UTC"))
+            table = table.append_column("_created_ts", pa.repeat(created, n))
+            seqs = np.arange(seq_start, seq_start + n, dtype=np.int64)
+            table = table.append_column("_seq", pa.array(seqs))
+            min_ts = max_ts = None
+            if source.timestamp_field is not None and n:
+                table = table.sort_by(
+                    [(source.timestamp_field, "ascending"), ("_seq", "ascending")]
+                )
+                bounds = pc.min_max(table.column(source.timestamp_field))
+                min_ts = bounds["min"].as_py().isoformat()
+                max_ts = bounds["max"].as_py().isoformat()
+            files = self._publish(src_dir, batch_id, table) if n else []
+            manifest["source"] = source.model_dump(mode="json")
+            manifest["next_seq"] = seq_start + n
+            manifest["batches"].append(
+                {
+                    "batch_id": batch_id,
+                    "digest": digest,
+                    "rows": n,
+                    "files": files,
+                    "seq_start": seq_start,
+                    "created_ts": now.isoformat(),
+                    "min_ts": min_ts,
+                    "max_ts": max_ts,
+                }
+            )
+            self._write_manifest(src_dir, manifest)
+        if events is not None:
+            events.append(
+                "data.ingested",
+                source.name,
+                {"source": source.name, "batch_id": batch_id, "rows": n},
+            )
+        return IngestResult(source.name, batch_id, n, tuple(files), False)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _sync_dir(self, path: Path) -> None:
+        if not self.fsync:
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _locked(self, source_name: str, *, blocking: bool = True) -> Iterator[bool]:
+        fd = os.open(self.root / source_name / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    def _manifest(self, source_name: str) -> dict[str, Any]:
+        validate_name("source", source_name)
+        path = self.root / source_name / _MANIFEST
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NotFound(
+                f"source {source_name!r} has no data in the offline store",
+                context={"source": source_name},
+            ) from None
+        return data
+
+    def _manifest_or_new(self, source: Source) -> dict[str, Any]:
+        try:
+            return self._manifest(source.name)
+        except NotFound:
+            return {
+                "format": 1,
+                "source": source.model_dump(mode="json"),
+                "next_seq": 0,
+                "batches": [],
+            }
+
+    @staticmethod
+    def _check_compatible(old: Source, new: Source) -> None:
+        for field in new.fields:
+            before = old.field(field.name)
+            if before is not None and before.dtype != field.dtype:
+                raise Conflict(
+                    f"source {new.name!r}: column {field.name!r} was {before.dtype}, "
+                    f"now declared {field.dtype}; use a new source name",
+                    context={"source": new.name, "field": field.name},
+                )
+
+    def _publish(self, src_dir: Path, batch_id: str, table: pa.Table) -> list[str]:
+        import pyarrow.parquet as pq
+
+        tmp = src_dir / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            name = "part-00000.parquet"
+            with open(tmp / name, "wb") as fh:
+                pq.write_table(table, fh, row_group_size=_ROW_GROUP, compression="zstd")
+                fh.flush()
+                if self.fsync:
+                    os.fsync(fh.fileno())
+            self._sync_dir(tmp)
+            final = src_dir / f"{_BATCH_PREFIX}{batch_id}"
+            if final.exists():  # left by a crash before its manifest swap: never visible
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            self._sync_dir(src_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return [f"{_BATCH_PREFIX}{batch_id}/{name}"]
+
+    def _write_manifest(self, src_dir: Path, manifest: dict[str, Any]) -> None:
+        tmp = src_dir / f"{_TMP_PREFIX}{uuid.uuid4().hex}{_MANIFEST}"
+        try:
+            with open(tmp, "w") as fh:
+                json.dump(manifest, fh, separators=(",", ":"))
+                fh.flush()
+                if self.fsync:
+                    os.fsync(fh.fileno())
+            os.replace(tmp, src_dir / _MANIFEST)
+            self._sync_dir(src_dir)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _recover(self, source_name: str) -> None:
+        """Remove temporary files and batch directories no manifest lists (crash leftovers)."""
+        src_dir = self.root / source_name
+        with self._locked(source_name, blocking=False) as held:
+            if not held:  # a live writer holds it; its temporaries are not orphans
+                return
+            try:
+                committed = {b["batch_id"] for b in self._manifest(source_name)["batches"]}
+            except NotFound:
+                committed = set()
+            except (ValidationError, ValueError):
+                return
+            for entry in src_dir.iterdir():
+                orphan = entry.name.startswith(_TMP_PREFIX) or (
+                    entry.name.startswith(_BATCH_PREFIX)
+                    and entry.name[len(_BATCH_PREFIX) :] not in committed
+                )
+                if not orphan:
+                    continue
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)

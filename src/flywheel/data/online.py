@@ -1,0 +1,308 @@
+"""The online store: the latest feature values per (view, entity key), in SQLite.
+
+One row per ``(view, entity_key)`` holds the winner's ``event_ts``, the write time and the values
+as JSON (keyed by feature name; an aggregation's single value by the aggregation's name).
+
+* Writes are write-if-newer, in one transaction: an older ``event_ts`` never overwrites a newer
+  one; an equal ``event_ts`` overwrites (it comes from a later ingestion).
+* Reads apply the offline rule at time ``at`` (see ``flywheel.data.retrieval``): a value whose
+  ``event_ts`` is after ``at`` does not qualify (``missing``); older than ``at - ttl`` gives null
+  with status ``expired``; no row gives ``missing``. Static views ignore time. A missing
+  ``count``/``sum`` aggregation reads as 0, as offline.
+* Floats stay JSON-safe: ``NaN`` is stored as null, ``±inf`` is refused; timestamps round-trip.
+* The database runs in WAL mode with a busy timeout, so readers never block the materializer.
+  Per-view materialization watermarks live in the same database and move in the same
+  transaction as the values they cover.
+
+Examples:
+    >>> import tempfile
+    >>> from datetime import UTC, datetime
+    >>> from pathlib import Path
+    >>> from flywheel.data.specs import FeatureView
+    >>> view = FeatureView(name="aircraft", entity="aircraft", join_key="tailnum",
+    ...     source="planes", timestamp_field=None, features=["seats"])
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     store = SQLiteOnlineStore(Path(d) / "online.db")
+    ...     t = datetime(2013, 1, 1, tzinfo=UTC)
+    ...     store.write("aircraft", [OnlineRow("N1", t, {"seats": 55})])
+    ...     [r.values for r in store.read(view, ["N1", "N2"], at=t)]
+    ...     store.close()
+    1
+    [{'seats': 55}, {'seats': None}]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from flywheel.data.specs import FeatureView, WindowAggregation
+from flywheel.data.validation import check_key
+from flywheel.errors import BackendUnavailable, InvalidArgument, ValidationError
+from flywheel.naming import validate_name
+
+__all__ = ["OnlineResult", "OnlineRow", "SQLiteOnlineStore", "Status", "Watermark"]
+
+Status = Literal["present", "missing", "expired"]
+View = FeatureView | WindowAggregation
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS online_features (
+    view TEXT NOT NULL,
+    entity_key TEXT NOT NULL,
+    event_ts INTEGER NOT NULL,
+    created_ts INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (view, entity_key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS online_watermarks (
+    view TEXT PRIMARY KEY,
+    end_ts INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    updated_ts INTEGER NOT NULL
+);
+"""
+_UPSERT = """
+INSERT INTO online_features (view, entity_key, event_ts, created_ts, payload)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (view, entity_key) DO UPDATE SET
+    event_ts = excluded.event_ts, created_ts = excluded.created_ts, payload = excluded.payload
+WHERE excluded.event_ts >= online_features.event_ts
+"""
+_READ = """
+WITH req(i, view, k) AS (
+    SELECT key, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)
+)
+SELECT req.i, f.event_ts, f.payload
+FROM req JOIN online_features f ON f.view = req.view AND f.entity_key = req.k
+"""
+
+
+@dataclass(frozen=True)
+class OnlineRow:
+    """One value set to write: ``values`` keyed by feature name (aggregation: its name)."""
+
+    entity_key: str
+    event_ts: datetime
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OnlineResult:
+    """The values of one view for one key at time ``at``, with a status per feature."""
+
+    values: dict[str, Any]
+    status: dict[str, Status]
+    event_ts: datetime | None
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """How far a view was materialized: up to ``end``, and ingestion sequences up to ``seq``."""
+
+    end: datetime
+    seq: int
+
+
+def _micros(value: datetime, name: str) -> int:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidArgument(f"{name} must be time-zone aware, got naive {value.isoformat()}")
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _encode(value: Any, name: str) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            raise ValidationError(name, f"infinite value {value} (expected a finite float)")
+        return value
+    if isinstance(value, datetime):
+        return {"$ts": _micros(value, name)}
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        return _encode(item(), name)
+    raise ValidationError(name, f"cannot store a {type(value).__name__} online")
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict) and "$ts" in value:
+        return _from_micros(int(value["$ts"]))
+    return value
+
+
+def _columns(view: View) -> list[str]:
+    return list(view.features) if isinstance(view, FeatureView) else [view.name]
+
+
+def _empty(view: View) -> Any:
+    if isinstance(view, WindowAggregation) and view.function in ("count", "sum"):
+        return 0
+    return None
+
+
+class SQLiteOnlineStore:
+    """Online feature values in one SQLite database file (WAL mode).
+
+    Each thread gets its own connection, kept open between calls (opening and closing one per
+    call would checkpoint the WAL every time); processes share the file safely. Call
+    :meth:`close` (or use the store as a context manager) to release them. After the database
+    file is deleted, open a new store to rebuild it.
+    """
+
+    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._opened: list[tuple[int, sqlite3.Connection]] = []
+        self._opened_lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute("PRAGMA journal_mode = WAL")
+            con.executescript(_SCHEMA)
+
+    def __repr__(self) -> str:
+        return f"SQLiteOnlineStore({str(self.path)!r})"
+
+    def __enter__(self) -> SQLiteOnlineStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections this process opened (the store reopens them on next use)."""
+        pid = os.getpid()
+        with self._opened_lock:
+            mine = [con for p, con in self._opened if p == pid]
+            self._opened = [(p, con) for p, con in self._opened if p != pid]
+            self._local = threading.local()
+        for con in mine:
+            con.close()
+
+    def _connection(self) -> sqlite3.Connection:
+        pid = os.getpid()
+        local = self._local
+        con: sqlite3.Connection | None = getattr(local, "con", None)
+        if con is not None and getattr(local, "pid", None) == pid:
+            return con
+        try:
+            con = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                timeout=self.busy_timeout_ms / 1e3,
+                check_same_thread=False,  # only ``close`` touches it from another thread
+            )
+            con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            con.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(f"cannot open online store {self.path}: {exc}") from exc
+        local.con, local.pid = con, pid
+        with self._opened_lock:
+            self._opened.append((pid, con))
+        return con
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = self._connection()
+        try:
+            yield con
+        except sqlite3.OperationalError as exc:
+            raise BackendUnavailable(f"online store {self.path}: {exc}") from exc
+
+    def write(
+        self, view: str, rows: Sequence[OnlineRow], *, watermark: Watermark | None = None
+    ) -> int:
+        """Write ``rows`` for ``view`` if newer, in one transaction; return how many were written.
+
+        ``watermark``, when given, is stored in the same transaction (materialization uses it).
+
+        Raises:
+            ValidationError: a bad view name or entity key, a naive time or an unstorable value.
+        """
+        validate_name("view", view)
+        now = _micros(datetime.now(UTC), "now")
+        params = []
+        for row in rows:
+            check_key(view, row.entity_key)
+            payload = {k: _encode(v, f"{view}.{k}") for k, v in row.values.items()}
+            text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
+            params.append((view, row.entity_key, _micros(row.event_ts, "event_ts"), now, text))
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                before = con.total_changes
+                con.executemany(_UPSERT, params)
+                written = con.total_changes - before
+                if watermark is not None:
+                    con.execute(
+                        "INSERT INTO online_watermarks (view, end_ts, seq, updated_ts) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (view) DO UPDATE SET "
+                        "end_ts = excluded.end_ts, seq = excluded.seq, "
+                        "updated_ts = excluded.updated_ts",
+                        (view, _micros(watermark.end, "watermark"), watermark.seq, now),
+                    )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return written
+
+    def get_watermark(self, view: str) -> Watermark | None:
+        """Return how far ``view`` was materialized, or ``None`` if it never was."""
+        validate_name("view", view)
+        with self._connect() as con:
+            row = con.execute(
+                "SELECT end_ts, seq FROM online_watermarks WHERE view = ?", (view,)
+            ).fetchone()
+        return None if row is None else Watermark(_from_micros(row[0]), int(row[1]))
+
+    def read(self, view: View, keys: Sequence[str], *, at: datetime) -> list[OnlineResult]:
+        """Return the values of ``view`` for each key at time ``at``, in key order."""
+        return self.read_many([(view, k) for k in keys], at=at)
+
+    def read_many(
+        self, requests: Sequence[tuple[View, str]], *, at: datetime
+    ) -> list[OnlineResult]:
+        """Return one result per ``(view, key)`` request, in order, with one SQL query."""
+        at_us = _micros(at, "at")
+        payload = json.dumps([[view.name, str(key)] for view, key in requests])
+        with self._connect() as con:
+            found = {int(i): (ts, text) for i, ts, text in con.execute(_READ, (payload,))}
+        out = []
+        for i, (view, _key) in enumerate(requests):
+            cols = _columns(view)
+            hit = found.get(i)
+            timed = view.timestamp_field is not None
+            if hit is None or (timed and hit[0] > at_us):
+                missing: dict[str, Status] = {c: "missing" for c in cols}
+                out.append(OnlineResult({c: _empty(view) for c in cols}, missing, None))
+                continue
+            event_us, text = hit
+            event_ts = _from_micros(event_us)
+            ttl = view.ttl if isinstance(view, FeatureView) else None
+            if ttl is not None and event_us < at_us - ttl // timedelta(microseconds=1):
+                expired: dict[str, Status] = {c: "expired" for c in cols}
+                out.append(OnlineResult(dict.fromkeys(cols), expired, event_ts))
+                continue
+            stored = json.loads(text)
+            values = {c: _decode(stored[c]) if c in stored else _empty(view) for c in cols}
+            status: dict[str, Status] = {c: "present" if c in stored else "missing" for c in cols}
+            out.append(OnlineResult(values, status, event_ts))
+        return out

@@ -1,0 +1,307 @@
+"""Data-plane definitions: sources, entities, feature views, window aggregations, services.
+
+Specs are pure data: frozen pydantic models that compare by value, do no I/O and round-trip
+through JSON (``model_dump(mode="json")`` / ``model_validate``). Each carries a stable ``kind``
+string so the metadata store can keep versions of them and :func:`spec_from_dict` can rebuild
+the right class.
+
+Output column names are fixed here, once: a feature ``temp`` of view ``weather`` is the column
+``weather__temp`` in training frames; a window aggregation is the column named after it.
+
+Examples:
+    >>> from datetime import timedelta
+    >>> view = FeatureView(
+    ...     name="weather", entity="airport", join_key="origin", source="weather",
+    ...     timestamp_field="time_hour", features=["temp"], ttl=timedelta(hours=3),
+    ... )
+    >>> view.output_columns()
+    ['weather__temp']
+    >>> spec_from_dict(view.model_dump(mode="json")) == view
+    True
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import Field as PydanticField
+from pydantic import ValidationError as PydanticValidationError
+
+from flywheel.errors import ValidationError
+from flywheel.naming import validate_name
+
+__all__ = [
+    "COLUMN_PATTERN",
+    "DType",
+    "Entity",
+    "FeatureService",
+    "FeatureView",
+    "Field",
+    "Source",
+    "Spec",
+    "WindowAggregation",
+    "spec_from_dict",
+]
+
+COLUMN_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
+"""Allowed column names. A leading underscore is reserved for stored bookkeeping columns."""
+
+DType = Literal["int64", "float64", "string", "bool", "timestamp"]
+
+
+def _check_column(value: str) -> str:
+    if COLUMN_PATTERN.fullmatch(value) is None:
+        raise ValueError(f"column name {value!r} does not match {COLUMN_PATTERN.pattern}")
+    return value
+
+
+def _check_name(value: str) -> str:
+    try:
+        return validate_name("name", value)
+    except ValidationError as exc:
+        raise ValueError(f"{value!r}: {exc.reason}") from exc
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Field(_Spec):
+    """One typed column of a source.
+
+    ``min``/``max`` bound numeric columns (inclusive); ``nullable=False`` refuses nulls and NaN.
+    """
+
+    name: str
+    dtype: DType
+    nullable: bool = True
+    min: float | None = None
+    max: float | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_column(value)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Field:
+        if (self.min is not None or self.max is not None) and self.dtype not in (
+            "int64",
+            "float64",
+        ):
+            raise ValueError(f"min/max apply to int64 and float64 columns, not {self.dtype}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+
+class Source(_Spec):
+    """A dataset ingested into the offline store, with its schema.
+
+    ``timestamp_field`` (a ``timestamp`` column, never null) is the event time checked against
+    ``now + max_future_skew`` on ingestion; ``None`` marks a static table.
+    """
+
+    kind: Literal["source"] = "source"
+    name: str
+    fields: list[Field]
+    timestamp_field: str | None = None
+    max_future_skew: timedelta = timedelta(minutes=5)
+    description: str = ""
+
+    _name = field_validator("name")(_check_name)
+
+    @model_validator(mode="after")
+    def _schema(self) -> Source:
+        names = [f.name for f in self.fields]
+        if not names:
+            raise ValueError("a source needs at least one field")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate field names: {dupes}")
+        if self.timestamp_field is not None:
+            field = self.field(self.timestamp_field)
+            if field is None or field.dtype != "timestamp":
+                raise ValueError(
+                    f"timestamp_field {self.timestamp_field!r} must name a timestamp field"
+                )
+        if self.max_future_skew < timedelta(0):
+            raise ValueError("max_future_skew must not be negative")
+        return self
+
+    def field(self, name: str) -> Field | None:
+        """Return the field called ``name``, or ``None``."""
+        return next((f for f in self.fields if f.name == name), None)
+
+
+class Entity(_Spec):
+    """What features are keyed by: a name and the join-key column."""
+
+    kind: Literal["entity"] = "entity"
+    name: str
+    join_key: str
+    dtype: Literal["string", "int64"] = "string"
+
+    _name = field_validator("name")(_check_name)
+    _key = field_validator("join_key")(_check_column)
+
+
+class FeatureView(_Spec):
+    """Columns of a source served as features, keyed by an entity, point-in-time correct.
+
+    ``timestamp_field=None`` makes a static view (the latest ingested row per key wins).
+    ``ttl`` bounds how old a value may be at lookup time (inclusive); ``None`` means forever.
+    """
+
+    kind: Literal["feature_view"] = "feature_view"
+    name: str
+    entity: str
+    join_key: str
+    source: str
+    timestamp_field: str | None
+    features: list[str]
+    ttl: timedelta | None = None
+    description: str = ""
+    owner: str = ""
+    tags: dict[str, str] = PydanticField(default_factory=dict)
+
+    _names = field_validator("name", "entity", "source")(_check_name)
+    _key = field_validator("join_key")(_check_column)
+
+    @field_validator("timestamp_field")
+    @classmethod
+    def _ts(cls, value: str | None) -> str | None:
+        return None if value is None else _check_column(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureView:
+        if not self.features:
+            raise ValueError("a feature view needs at least one feature")
+        for feature in self.features:
+            _check_column(feature)
+        if len(set(self.features)) != len(self.features):
+            raise ValueError(f"duplicate features in {self.features}")
+        reserved = {self.join_key, self.timestamp_field}
+        clash = [f for f in self.features if f in reserved]
+        if clash:
+            raise ValueError(f"features {clash} are the join key or timestamp field")
+        if self.ttl is not None:
+            if self.timestamp_field is None:
+                raise ValueError("ttl needs a timestamp_field (static views never expire)")
+            if self.ttl <= timedelta(0):
+                raise ValueError("ttl must be positive (or None for no limit)")
+        return self
+
+    def output_columns(self) -> list[str]:
+        """Return the output column names, ``f"{view}__{feature}"``, in feature order."""
+        return [f"{self.name}__{f}" for f in self.features]
+
+
+class WindowAggregation(_Spec):
+    """One trailing-window aggregate of a source column per entity, at lookup time ``t``.
+
+    Rows with ``t - window < event_ts <= t`` count; nulls in ``column`` (and rows with a null
+    event time) are ignored. An empty window gives 0 for ``count``/``sum`` and null for
+    ``mean``/``min``/``max``.
+    """
+
+    kind: Literal["window_aggregation"] = "window_aggregation"
+    name: str
+    entity: str
+    join_key: str
+    source: str
+    timestamp_field: str
+    column: str
+    function: Literal["count", "sum", "mean", "min", "max"]
+    window: timedelta
+    description: str = ""
+
+    _names = field_validator("name", "entity", "source")(_check_name)
+    _cols = field_validator("join_key", "timestamp_field", "column")(_check_column)
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: timedelta) -> timedelta:
+        if value < timedelta(microseconds=1):
+            raise ValueError("window must be at least one microsecond")
+        return value
+
+    def output_columns(self) -> list[str]:
+        """Return the single output column, named after the aggregation."""
+        return [self.name]
+
+
+class FeatureService(_Spec):
+    """The feature set a model consumes: ``"view:feature"`` or ``"aggregation"`` entries.
+
+    ``request_features`` names request-time transformations (see ``flywheel.data.transforms``).
+    """
+
+    kind: Literal["feature_service"] = "feature_service"
+    name: str
+    features: list[str]
+    request_features: list[str] = PydanticField(default_factory=list)
+
+    _name = field_validator("name")(_check_name)
+
+    @field_validator("features")
+    @classmethod
+    def _refs(cls, value: list[str]) -> list[str]:
+        for ref in value:
+            view, sep, feature = ref.partition(":")
+            _check_name(view)
+            if sep:
+                _check_column(feature)
+        if len(set(value)) != len(value):
+            raise ValueError(f"duplicate entries in {value}")
+        return value
+
+    @field_validator("request_features")
+    @classmethod
+    def _request(cls, value: list[str]) -> list[str]:
+        for name in value:
+            _check_column(name)
+        return value
+
+    def view_names(self) -> list[str]:
+        """Return the referenced view and aggregation names, in first-use order."""
+        out: list[str] = []
+        for ref in self.features:
+            view = ref.partition(":")[0]
+            if view not in out:
+                out.append(view)
+        return out
+
+    def output_columns(self) -> list[str]:
+        """Return the column names of the service's stored features, in order."""
+        return [ref.replace(":", "__", 1) for ref in self.features]
+
+
+Spec = Annotated[
+    Source | Entity | FeatureView | WindowAggregation | FeatureService,
+    PydanticField(discriminator="kind"),
+]
+
+
+class _SpecEnvelope(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    spec: Spec
+
+
+def spec_from_dict(
+    data: dict[str, Any],
+) -> Source | Entity | FeatureView | WindowAggregation | (FeatureService):
+    """Rebuild a spec from its JSON form, choosing the class by ``kind``.
+
+    Raises:
+        ValidationError: when ``data`` is not a valid spec (``field`` names the first problem).
+    """
+    try:
+        return _SpecEnvelope.model_validate({"spec": data}).spec
+    except PydanticValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"][1:]) or "spec"
+        raise ValidationError(loc, err["msg"]) from exc
