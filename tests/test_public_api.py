@@ -21,3 +21,23 @@ def test_version_is_exposed() -> None:
     import flywheel
 
     assert flywheel.__version__.count(".") == 2
+
+
+def test_public_api_is_pinned() -> None:
+    import flywheel
+
+    assert flywheel.__all__ == [
+        "AlreadyExists",
+        "BackendUnavailable",
+        "Conflict",
+        "DigestMismatch",
+        "FlywheelError",
+        "IntegrityError",
+        "InvalidArgument",
+        "NotFitted",
+        "NotFound",
+        "ValidationError",
+        "__version__",
+    ]
+    for name in flywheel.__all__:
+        assert hasattr(flywheel, name)

@@ -52,7 +52,8 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     weather = data.prepare_weather(data.load_weather())
     weather = weather[(weather.time_hour >= JAN) & (weather.time_hour < FEB8)]
     ev = project.events
-    project.offline.ingest(defs.source("planes"), data.prepare_planes(data.load_planes()), events=ev)
+    planes = data.prepare_planes(data.load_planes())
+    project.offline.ingest(defs.source("planes"), planes, events=ev)
     project.offline.ingest(defs.source("weather"), weather, batch_id="weather-jan", events=ev)
     project.offline.ingest(defs.source("flights"), flights, batch_id="flights-jan", events=ev)
     tracking = TrackingClient(project.runs, project.blobs)

@@ -72,7 +72,8 @@ def _check_host(host: str, allow_remote: bool) -> None:
     if not allow_remote and not is_loopback(host):
         raise InvalidArgument(
             f"refusing to bind {host!r}: the server would be reachable from other machines; "
-            "bind 127.0.0.1, or pass allow_remote=True behind authentication or a proxy",
+            "bind 127.0.0.1, or pass allow_remote=True (CLI: --allow-remote) behind "
+            "authentication or a proxy",
             context={"host": host},
         )
 

@@ -449,6 +449,8 @@ def _replay(
         handler.stop()
         for m in range(7, 13):  # months the sample skipped (re-ingesting a batch id is a no-op)
             ingest_month(m)
+        # Leave the online store as of the end of the data, for `flywheel serve` afterwards.
+        materialize(project.offline, project.online, views, end=end, events=project.events)
         project.events.append(
             "serving.replayed",
             "delays",

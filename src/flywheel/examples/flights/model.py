@@ -48,7 +48,10 @@ MODEL_NAME = "delays"
 SERVICE_NAME = "delay_model"
 LABEL = "delayed"
 TIMESTAMP_FIELD = "sched_dep_time"
-CARRIERS: tuple[str, ...] = tuple("9E AA AS B6 DL EV F9 FL HA MQ OO UA US VX WN YV".split())
+CARRIERS = (
+    *("9E", "AA", "AS", "B6", "DL", "EV", "F9", "FL"),
+    *("HA", "MQ", "OO", "UA", "US", "VX", "WN", "YV"),
+)
 REQUEST_FIELDS = (
     RequestField("carrier", "string", max_length=8),
     RequestField("origin", "string", max_length=8),
