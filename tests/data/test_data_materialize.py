@@ -172,7 +172,7 @@ def test_same_end_twice_leaves_the_same_state(
     assert second[0].keys == 0  # nothing changed for the feature view
     assert sink.events[0] == (
         "features.materialized",
-        "wx",
+        "feature_view/wx",
         {"view": "wx", "end": h(10).isoformat(), "rows": 4},
     )
     assert len(sink.events) == len(VIEWS)

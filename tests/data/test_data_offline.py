@@ -61,7 +61,7 @@ def test_ingest_commits_rows_with_created_ts_and_sequence(offline: OfflineStore,
     assert [r["ts"].hour for r in got] == [3, 1, 2, 4]
     assert [r["_created_ts"] for r in got] == [NOW] * 3 + [NOW + timedelta(hours=1)]
     assert sink.events == [
-        ("data.ingested", "weather", {"source": "weather", "batch_id": "b1", "rows": 3})
+        ("data.ingested", "source/weather", {"source": "weather", "batch_id": "b1", "rows": 3})
     ]
     snap = offline.snapshot("weather")
     assert snap["rows"] == 4 and snap["next_seq"] == 4

@@ -155,29 +155,30 @@ def events(
 ) -> None:
     """List the event log: every state change, oldest first."""
     project = _project(ctx)
-    for ev in project.events.list_events(kind=kind, subject=subject, limit=limit):
-        if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "id": ev.id,
-                        "ts": ev.ts.isoformat(),
-                        "kind": ev.kind,
-                        "subject": ev.subject,
-                        "actor": ev.actor,
-                        "payload": ev.payload,
-                    },
-                    sort_keys=True,
-                )
-            )
-        else:
-            detail = json.dumps(ev.payload, sort_keys=True)
-            if len(detail) > 100:
-                detail = detail[:97] + "..."
-            click.echo(
-                f"{ev.id:>5}  {ev.ts:%Y-%m-%d %H:%M:%S}  {ev.kind:<22} {ev.subject:<24}"
-                f" {ev.actor:<10} {detail}"
-            )
+    found = project.events.list_events(kind=kind, subject=subject, limit=limit)
+    if as_json:
+        for ev in found:
+            record = {
+                "id": ev.id,
+                "ts": ev.ts.isoformat(),
+                "kind": ev.kind,
+                "subject": ev.subject,
+                "actor": ev.actor,
+                "payload": ev.payload,
+            }
+            click.echo(json.dumps(record, sort_keys=True))
+        return
+    kind_w = max((len(ev.kind) for ev in found), default=4)
+    subject_w = max((len(ev.subject) for ev in found), default=7)
+    actor_w = max((len(ev.actor) for ev in found), default=5)
+    for ev in found:
+        detail = json.dumps(ev.payload, sort_keys=True)
+        if len(detail) > 90:
+            detail = detail[:87] + "..."
+        click.echo(
+            f"{ev.id:>5}  {ev.ts:%Y-%m-%d %H:%M:%S}  {ev.kind:<{kind_w}}  {ev.subject:<{subject_w}}"
+            f"  {ev.actor:<{actor_w}}  {detail}"
+        )
 
 
 @cli.group()

@@ -210,7 +210,7 @@ def materialize(
         if events is not None:
             events.append(
                 "features.materialized",
-                view.name,
+                f"{view.kind}/{view.name}",
                 {"view": view.name, "end": end.isoformat(), "rows": result.rows},
             )
     return results

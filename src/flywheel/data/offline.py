@@ -399,7 +399,7 @@ class OfflineStore:
         if events is not None:
             events.append(
                 "data.ingested",
-                source.name,
+                f"source/{source.name}",
                 {"source": source.name, "batch_id": batch_id, "rows": n},
             )
         return IngestResult(source.name, batch_id, n, tuple(files), False)

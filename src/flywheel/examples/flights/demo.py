@@ -228,7 +228,7 @@ def _run(
         )
         project.events.append(
             "monitor.drift_checked",
-            "delays",
+            "deployment/delays",
             {
                 "drifted_features": drifted,
                 "rows": len(current),
@@ -255,7 +255,7 @@ def _run(
         with steps.step("Retrain: challenger on January-November, compare on the same holdout"):
             project.events.append(
                 "retrain.triggered",
-                MODEL_NAME,
+                f"model/{MODEL_NAME}",
                 {"reason": f"{len(drifted)} features drifted", "drifted_features": drifted},
                 actor="controller",
             )
@@ -300,7 +300,7 @@ def _run(
         decision = Decision("no_retrain", "no feature drifted past the policy threshold")
     project.events.append(
         "decision.made",
-        MODEL_NAME,
+        f"model/{MODEL_NAME}",
         {
             "action": decision.action,
             "reason": decision.reason,
@@ -336,7 +336,7 @@ def _run(
 def _record_eval(project: Project, version: int, ev: Any, role: str) -> None:
     project.events.append(
         "model.evaluated",
-        f"delays/{version}",
+        f"model/delays/{version}",
         {"role": role, "holdout": "2013-12", "auc": ev.auc, "logloss": ev.logloss, "rows": ev.rows},
         actor="controller",
     )
@@ -408,7 +408,7 @@ def _replay(
                 if calls and last_end is not None:
                     project.events.append(
                         "features.materialized",
-                        "replay",
+                        "deployment/delays",
                         {
                             "views": [v.name for v in views],
                             "runs": calls,
@@ -453,7 +453,7 @@ def _replay(
         materialize(project.offline, project.online, views, end=end, events=project.events)
         project.events.append(
             "serving.replayed",
-            "delays",
+            "deployment/delays",
             {
                 "requests": len(sample),
                 "failed": failed,

@@ -1,0 +1,74 @@
+"""The demo end to end, as `make demo` runs it but with fewer replayed requests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flywheel.cli.main import main
+
+SUMMARY_KEYS = {
+    "champion_auc",
+    "challenger_auc",
+    "baseline_auc",
+    "serving_p50_ms",
+    "serving_p99_ms",
+    "drifted_features",
+    "decision",
+}
+
+
+@pytest.mark.slow
+def test_demo_runs_the_loop_and_the_events_tell_the_story(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "demo"
+    out = tmp_path / "summary.json"
+    assert main(["demo", "--dir", str(root), "--json", str(out), "--requests", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "Flywheel demo: NYC flights 2013" in printed
+
+    summary = json.loads(out.read_text())
+    assert set(summary) >= SUMMARY_KEYS
+    assert summary["baseline_auc"] == 0.5
+    assert summary["champion_auc"] > summary["baseline_auc"] + 0.1
+    assert summary["failed_requests"] == 0 and summary["requests"] >= 200
+    assert 0 < summary["serving_p50_ms"] <= summary["serving_p99_ms"]
+    # Summer drifts: the weather at the origin must be among the drifted features.
+    assert "weather_hourly__temp" in summary["drifted_features"]
+    assert summary["decision"] in {"promote", "keep"}
+    expected_production = (
+        summary["challenger_version"]
+        if summary["decision"] == "promote"
+        else summary["champion_version"]
+    )
+    assert summary["production_version"] == expected_production
+
+    report = Path(summary["report"])
+    html = report.read_text()
+    assert html.count("<svg") == html.count('<section id="f') >= 10  # a plot per feature
+    assert "weather_hourly__temp" in html
+
+    capsys.readouterr()
+    assert main(["--project", str(root), "events", "--json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    kinds = [e["kind"] for e in events]
+    story = [
+        "definition.applied",
+        "data.ingested",
+        "run.started",
+        "model.version_created",
+        "alias.moved",
+        "features.materialized",
+        "serving.replayed",
+        "monitor.drift_checked",
+        "model.evaluated",
+        "decision.made",
+    ]
+    positions = [kinds.index(k) for k in story]
+    assert positions == sorted(positions), list(zip(story, positions, strict=True))
+    decision = next(e for e in events if e["kind"] == "decision.made")
+    assert decision["payload"]["action"] == summary["decision"]
+    assert main(["demo", "--dir", str(root)]) == 4  # not empty: refused
