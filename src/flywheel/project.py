@@ -104,6 +104,30 @@ class Definitions:
         assert isinstance(spec, Source)
         return spec
 
+    def service(self, name: str) -> tuple[FeatureService, list[FeatureView | WindowAggregation]]:
+        """Return the feature service ``name`` and the views it reads, in reference order.
+
+        Raises:
+            NotFound: the service, or a view it references, is not defined.
+        """
+        from flywheel.data.specs import FeatureService, FeatureView, WindowAggregation
+
+        service = self.get("feature_service", name)
+        assert isinstance(service, FeatureService)
+        views: list[FeatureView | WindowAggregation] = []
+        for view_name in service.view_names():
+            found = [
+                s
+                for s in self.specs
+                if isinstance(s, FeatureView | WindowAggregation) and s.name == view_name
+            ]
+            if not found:
+                raise NotFound(
+                    f"feature service {name!r} references {view_name!r}, which is not defined"
+                )
+            views.append(found[0])
+        return service, views
+
     def as_triples(self) -> list[tuple[str, str, dict[str, Any]]]:
         """Return ``(kind, name, spec dict)`` for the definition store, in apply order."""
         ordered = sorted(self.specs, key=lambda s: SPEC_KINDS.index(s.kind))

@@ -193,18 +193,7 @@ def handlers_for_project(
     defs = project.definitions
     handlers: list[ModelHandler] = []
     for dep in deployments:
-        service = defs.get("feature_service", dep.feature_service)
-        views: list[FeatureView | WindowAggregation] = []
-        for ref in service.features:  # type: ignore[union-attr]
-            view_name = ref.split(":", 1)[0]
-            if any(v.name == view_name for v in views):
-                continue
-            for kind in ("feature_view", "window_aggregation"):
-                try:
-                    views.append(defs.get(kind, view_name))  # type: ignore[arg-type]
-                    break
-                except NotFound:
-                    continue
+        service, views = defs.service(dep.feature_service)
         spec = dep.spec
         fields = [
             RequestField(f["name"], f["dtype"], max_length=int(f.get("max_length", 256)))
@@ -219,7 +208,7 @@ def handlers_for_project(
             online=project.online,
             views=views,
             request_fields=fields,
-            request_features=service.request_features,  # type: ignore[union-attr]
+            request_features=service.request_features,
             timestamp_field=str(spec["timestamp_field"]),
             poll_interval_s=poll_interval_s,
         )

@@ -86,22 +86,7 @@ def deployment_spec() -> dict[str, Any]:
 
 def service_views(project: Project) -> tuple[FeatureService, list[FeatureView | WindowAggregation]]:
     """Return the model's feature service and the views it reads, from the project's definitions."""
-    defs = project.definitions
-    service: FeatureService = defs.get("feature_service", SERVICE_NAME)  # type: ignore[assignment]
-    names: list[str] = []
-    for ref in service.features:
-        view = ref.split(":", 1)[0]
-        if view not in names:
-            names.append(view)
-    views: list[FeatureView | WindowAggregation] = []
-    for name in names:
-        for kind in ("feature_view", "window_aggregation"):
-            try:
-                views.append(defs.get(kind, name))  # type: ignore[arg-type]
-                break
-            except Exception:
-                continue
-    return service, views
+    return project.definitions.service(SERVICE_NAME)
 
 
 def build_signature(project: Project) -> ModelSignature:
