@@ -264,6 +264,15 @@ class Project:
         """Compare the definitions module with the registered definitions."""
         return self.definitions_store.plan(self.definitions.as_triples(), kinds=SPEC_KINDS)
 
+    def changes(self, kind: str, name: str) -> dict[str, tuple[Any, Any]]:
+        """Return ``{field: (registered, desired)}`` for a definition the plan marks changed."""
+        current = self.definitions_store.get(kind, name).spec
+        desired = self.definitions.get(kind, name).model_dump(mode="json")
+        keys = sorted(set(current) | set(desired))
+        return {
+            k: (current.get(k), desired.get(k)) for k in keys if current.get(k) != desired.get(k)
+        }
+
     def apply(self, *, actor: str = "cli") -> Plan:
         """Register every definition (new versions for changed ones, tombstones for removed)."""
         plan = self.plan()

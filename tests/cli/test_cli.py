@@ -65,6 +65,7 @@ def test_init_apply_plan_and_events(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["--project", str(proj), "apply"]) == 0
     out = capsys.readouterr().out
     assert "~ feature_view weather_hourly" in out
+    assert 'ttl: "PT3H" -> "PT2H"' in out  # what changed, before it is applied
     assert "- feature_service delay_model" in out
 
     assert main(["--project", str(proj), "events", "--kind", "definition.applied"]) == 0

@@ -71,4 +71,13 @@ def test_demo_runs_the_loop_and_the_events_tell_the_story(
     assert positions == sorted(positions), list(zip(story, positions, strict=True))
     decision = next(e for e in events if e["kind"] == "decision.made")
     assert decision["payload"]["action"] == summary["decision"]
+    assert main(["--project", str(root), "models", "show", "delays@production"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["version"] == summary["production_version"]
+    assert len(shown["lineage"]["training_set"]["digest"]) == 64
+    assert set(shown["lineage"]["feature_views"]) == {
+        "weather_hourly",
+        "aircraft",
+        "origin_dep_delay_mean_7d",
+    }
     assert main(["demo", "--dir", str(root)]) == 4  # not empty: refused

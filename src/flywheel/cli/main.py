@@ -35,6 +35,11 @@ def _parse_ts(value: str, field: str) -> datetime:
     return ts.astimezone(UTC)
 
 
+def _short(value: object, limit: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="flywheel")
 @click.option(
@@ -72,9 +77,14 @@ def apply(ctx: click.Context, dry_run: bool) -> None:
     """Register the project's definitions, printing the plan first."""
     project = _project(ctx)
     plan = project.plan()
-    for label, items in (("+", plan.added), ("~", plan.changed), ("-", plan.removed)):
-        for kind, name in items:
-            click.echo(f"  {label} {kind} {name}")
+    for kind, name in plan.added:
+        click.echo(f"  + {kind} {name}")
+    for kind, name in plan.changed:
+        click.echo(f"  ~ {kind} {name}")
+        for key, (old, new) in project.changes(kind, name).items():
+            click.echo(f"      {key}: {_short(old)} -> {_short(new)}")
+    for kind, name in plan.removed:
+        click.echo(f"  - {kind} {name}")
     click.echo(
         f"Plan: {len(plan.added)} to add, {len(plan.changed)} to change, "
         f"{len(plan.removed)} to remove, {len(plan.unchanged)} unchanged."
@@ -197,6 +207,33 @@ def models_list(ctx: click.Context) -> None:
             tags = ", ".join(a for a, ver in aliases.items() if ver == v.version)
             metrics = " ".join(f"{k}={val:.4f}" for k, val in sorted(v.metrics.items()))
             click.echo(f"{name}/{v.version}  {v.created_at:%Y-%m-%d %H:%M}  [{tags}]  {metrics}")
+
+
+@models.command("show")
+@click.argument("ref")
+@click.pass_context
+def models_show(ctx: click.Context, ref: str) -> None:
+    """Show a model version (NAME/VERSION or NAME@ALIAS): metrics, signature and lineage."""
+    project = _project(ctx.find_root())
+    v = project.registry.resolve(ref)
+    record = {
+        "name": v.name,
+        "version": v.version,
+        "format": v.format,
+        "artifact_digest": v.artifact_digest,
+        "profile_digest": v.profile_digest,
+        "run_id": v.run_id,
+        "created_at": v.created_at.isoformat(),
+        "created_by": v.created_by,
+        "description": v.description,
+        "aliases": sorted(
+            a for a, n in project.registry.list_aliases(v.name).items() if n == v.version
+        ),
+        "metrics": v.metrics,
+        "signature": v.signature,
+        "lineage": v.lineage,
+    }
+    click.echo(json.dumps(record, indent=2, sort_keys=True))
 
 
 @models.command("alias")
