@@ -52,7 +52,7 @@ def test_loop_on_postgresql_and_s3(
     try:
         assert project.db.dialect == "postgresql"
         plan = project.apply(actor="test")
-        assert len(plan.added) == 9
+        assert len(plan.added) == 11
         defs = project.definitions
         flights = data.prepare_flights(data.load_flights())
         flights = flights[(flights.sched_dep_ts >= JAN) & (flights.sched_dep_ts < JAN8)]

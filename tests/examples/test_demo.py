@@ -79,5 +79,6 @@ def test_demo_runs_the_loop_and_the_events_tell_the_story(
         "weather_hourly",
         "aircraft",
         "origin_dep_delay_mean_7d",
+        "carrier_dep_delay_mean_7d",
     }
     assert main(["demo", "--dir", str(root)]) == 4  # not empty: refused

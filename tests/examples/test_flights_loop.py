@@ -86,6 +86,7 @@ def test_model_version_has_lineage_profile_and_beats_baseline(loop: Loop) -> Non
         "weather_hourly",
         "aircraft",
         "origin_dep_delay_mean_7d",
+        "carrier_dep_delay_mean_7d",
     }
     assert mv.lineage["sources"]["flights"]
     assert mv.profile_digest is not None

@@ -74,6 +74,7 @@ planes = Source(
 # Entities: what features are keyed by.
 airport = Entity(name="airport", join_key="origin")
 aircraft = Entity(name="aircraft", join_key="tailnum")
+airline = Entity(name="airline", join_key="carrier")
 
 # Feature views.
 weather_hourly = FeatureView(
@@ -112,12 +113,25 @@ origin_delay_7d = WindowAggregation(
     description="Mean departure delay at the origin over the previous 7 days of departures.",
 )
 
+carrier_delay_7d = WindowAggregation(
+    name="carrier_dep_delay_mean_7d",
+    entity="airline",
+    join_key="carrier",
+    source="flights",
+    timestamp_field="dep_ts",
+    column="dep_delay",
+    function="mean",
+    window=timedelta(days=7),
+    description="Mean departure delay of the carrier's NYC departures over the previous 7 days.",
+)
+
 delay_model_features = FeatureService(
     name="delay_model",
     features=[
         *(f"weather_hourly:{f}" for f in weather_hourly.features),
         *(f"aircraft:{f}" for f in aircraft_attributes.features),
         "origin_dep_delay_mean_7d",
+        "carrier_dep_delay_mean_7d",
     ],
     request_features=["hour_of_day", "day_of_week"],
 )
