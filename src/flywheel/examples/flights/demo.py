@@ -55,6 +55,7 @@ class DemoSummary:
     drifted_features: list[str]
     decision: str
     decision_reason: str = ""
+    auc_gain_interval: tuple[float, float] | None = None
     champion_version: int = 0
     challenger_version: int | None = None
     production_version: int = 0
@@ -117,10 +118,16 @@ def _run(
     project: Project, steps: _Steps, console: Console, *, requests: int, seed: int, began: float
 ) -> DemoSummary:
 
-    from flywheel.control.retrain import RetrainPolicy, decide, should_retrain
+    from flywheel.control.retrain import (
+        RetrainPolicy,
+        auc_gain_interval,
+        decide,
+        should_retrain,
+    )
     from flywheel.data.materialize import materialize
     from flywheel.examples.flights import data
     from flywheel.examples.flights.model import (
+        LABEL,
         MODEL_NAME,
         Evaluation,
         deployment_spec,
@@ -217,7 +224,8 @@ def _run(
         current = served[[c for c in profile.feature_names() if c in served.columns]]
         report = compare(profile, current)
         drifted = list(report.drifted_features)
-        policy = RetrainPolicy(min_drifted_features=1, min_auc_gain=0.0)
+        # Promote only on a gain the holdout can tell from noise (paired bootstrap, 95%).
+        policy = RetrainPolicy(min_drifted_features=1, require_significant_gain=True)
         retrain = should_retrain(drifted, policy)
         report_path = Path(project.config.reports) / "drift-delays-2013H2.html"
         write_html(
@@ -282,8 +290,19 @@ def _run(
             chall_eval: Evaluation = evaluate(chall_model.predict, chall_model.signature, holdout)
             _record_eval(project, challenger.version, chall_eval, "challenger")
             challenger_auc = chall_eval.auc
+            labels = holdout[LABEL].to_numpy()
+            interval = auc_gain_interval(
+                labels,
+                champ_model.predict(champ_model.signature.to_matrix(holdout)),
+                chall_model.predict(chall_model.signature.to_matrix(holdout)),
+                confidence=policy.confidence,
+                seed=seed,
+            )
             decision = decide(
-                champion_auc=champ_eval.auc, challenger_auc=chall_eval.auc, policy=policy
+                champion_auc=champ_eval.auc,
+                challenger_auc=chall_eval.auc,
+                policy=policy,
+                gain_interval=interval,
             )
             if decision.action == "promote":
                 project.registry.set_alias(
@@ -306,6 +325,7 @@ def _run(
             "reason": decision.reason,
             "champion": champion.version,
             "challenger": challenger_version,
+            "gain_interval": decision.gain_interval,
         },
         actor="controller",
     )
@@ -322,6 +342,7 @@ def _run(
         drifted_features=drifted,
         decision=decision.action,
         decision_reason=decision.reason,
+        auc_gain_interval=decision.gain_interval,
         champion_version=champion.version,
         challenger_version=challenger_version,
         production_version=production,
