@@ -14,7 +14,7 @@ test: $(STAMP) servers
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
 	$(VENV)/bin/mypy
-	FLYWHEEL_REQUIRE_POSTGRES=1 $(VENV)/bin/pytest -q -p no:cacheprovider
+	FLYWHEEL_REQUIRE_POSTGRES=1 FLYWHEEL_REQUIRE_REDIS=1 $(VENV)/bin/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
@@ -35,3 +35,22 @@ $(STAMP): pyproject.toml requirements.lock
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks (see benchmarks/README.md). Peers get virtualenvs of their own: Feast pins conflict.
+FEAST_VENV := benchmarks/.venv-feast
+FEAST_VERSION := 0.67.0
+
+.PHONY: bench-setup bench bench-quick
+
+bench-setup: $(STAMP) $(FEAST_VENV)/.installed
+
+$(FEAST_VENV)/.installed:
+	test -x $(FEAST_VENV)/bin/python || $(PY) -m venv $(FEAST_VENV)
+	$(VENV)/bin/uv pip install -q --python $(FEAST_VENV)/bin/python "feast[duckdb,redis]==$(FEAST_VERSION)"
+	touch $@
+
+bench-quick: bench-setup
+	$(VENV)/bin/python benchmarks/feature_store.py --quick --json benchmarks/.data/bench-quick.json
+
+bench: bench-setup
+	$(VENV)/bin/python benchmarks/feature_store.py --json benchmarks/.data/bench-full.json

@@ -25,6 +25,7 @@ import pytest
 from flywheel.storage.sql import Database, open_database
 from flywheel.testing.conformance import ProcessRacer
 from flywheel.testing.postgres import PostgresNotInstalled, PostgresServer
+from flywheel.testing.redis import RedisNotInstalled, RedisServer
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -115,3 +116,25 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+
+
+def redis_required() -> bool:
+    """Return whether a missing redis-server must fail the run rather than skip it."""
+    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    return ci or os.environ.get("FLYWHEEL_REQUIRE_REDIS") == "1"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """Yield a Redis server on 127.0.0.1 that lives for the whole test session."""
+    server = RedisServer()
+    try:
+        try:
+            server.start()
+        except RedisNotInstalled as exc:
+            if redis_required():
+                pytest.fail(f"redis-server is required here (CI): {exc}", pytrace=False)
+            pytest.skip(f"redis-server not available: {exc}")
+        yield server
+    finally:
+        server.stop()

@@ -10,7 +10,7 @@ def test_import_flywheel_does_not_import_heavy_libraries() -> None:
     code = (
         "import sys, flywheel, flywheel.errors, flywheel.config, flywheel.project;"
         "heavy = [m for m in ('pandas', 'pyarrow', 'duckdb', 'lightgbm', 'sklearn', 'scipy',"
-        " 'sqlalchemy', 's3fs', 'starlette') if m in sys.modules];"
+        " 'sqlalchemy', 's3fs', 'starlette', 'redis') if m in sys.modules];"
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -22,7 +22,7 @@ from flywheel.errors import AlreadyExists, InvalidArgument, NotFound
 if TYPE_CHECKING:
     from flywheel.control.events import EventLog
     from flywheel.data.offline import OfflineStore
-    from flywheel.data.online import SQLiteOnlineStore
+    from flywheel.data.online_base import OnlineStore
     from flywheel.data.specs import (
         Entity,
         FeatureService,
@@ -243,17 +243,11 @@ class Project:
         return OfflineStore(self.config.offline)
 
     @cached_property
-    def online(self) -> SQLiteOnlineStore:
-        """The online feature store."""
-        from flywheel.data.online import SQLiteOnlineStore
+    def online(self) -> OnlineStore:
+        """The online feature store: SQLite (embedded) or Redis, chosen by URI."""
+        from flywheel.data.online_base import open_online_store
 
-        uri = self.config.online
-        prefix = "sqlite:///"
-        if not uri.startswith(prefix):
-            raise InvalidArgument(
-                f"online: unsupported URI {uri!r}; expected sqlite:///PATH (Redis comes later)"
-            )
-        return SQLiteOnlineStore(Path(uri[len(prefix) :]))
+        return open_online_store(self.config.online)
 
     @cached_property
     def definitions(self) -> Definitions:
@@ -300,3 +294,5 @@ class Project:
         """Release database connections."""
         if "db" in self.__dict__:
             self.db.dispose()
+        if "online" in self.__dict__:
+            self.online.close()

@@ -1,4 +1,8 @@
-"""Materialization: online at ``end`` equals offline at ``end``; incremental runs are idempotent."""
+"""Materialization: online at ``end`` equals offline at ``end``; incremental runs are idempotent.
+
+Most tests run on both online backends (``online_store``: SQLite and Redis); the rebuild test
+wipes the online store (FLUSHALL on Redis, the file deleted on SQLite) and materializes again
+(reliability goal G7)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import pytest
 from flywheel.data.materialize import materialize
 from flywheel.data.offline import OfflineStore
 from flywheel.data.online import SQLiteOnlineStore
+from flywheel.data.online_base import OnlineStore, open_online_store
 from flywheel.data.retrieval import View, get_historical_features
 from flywheel.data.specs import FeatureView, Field, Source, WindowAggregation
 from flywheel.errors import InvalidArgument
@@ -105,7 +110,7 @@ def keys_of(view: View) -> list[str]:
     return ["N1", "N2", "N3", "N404"] if view.join_key == "tailnum" else KEYS
 
 
-def assert_no_skew(offline: OfflineStore, online: SQLiteOnlineStore, end: datetime) -> None:
+def assert_no_skew(offline: OfflineStore, online: OnlineStore, end: datetime) -> None:
     """Assert that an online read at ``end`` equals the offline lookup at ``end``, per key."""
     for view in VIEWS:
         keys = keys_of(view)
@@ -122,8 +127,20 @@ def assert_no_skew(offline: OfflineStore, online: SQLiteOnlineStore, end: dateti
                     assert got == want, (view.name, key, feature, end, on.status)
 
 
-def online_state(online: SQLiteOnlineStore) -> list[tuple[Any, ...]]:
-    """Return every online row except its write time."""
+def online_state(online: OnlineStore) -> list[tuple[Any, ...]]:
+    """Return every online row except its write time, in the backend's own terms."""
+    if not isinstance(online, SQLiteOnlineStore):
+        import redis
+
+        from flywheel.data.online_redis import RedisOnlineStore
+
+        assert isinstance(online, RedisOnlineStore)
+        client = redis.Redis.from_url(online.url)
+        try:
+            keys = sorted(client.scan_iter(match=f"{online.key_prefix}:v:*", count=1000))
+            return [(k, *client.hmget(k, ["ts", "v"])) for k in keys]
+        finally:
+            client.close()
     con = sqlite3.connect(online.path)
     try:
         return con.execute(
@@ -134,8 +151,9 @@ def online_state(online: SQLiteOnlineStore) -> list[tuple[Any, ...]]:
 
 
 def test_online_equals_offline_at_end_through_an_incremental_replay(
-    offline: OfflineStore, online: SQLiteOnlineStore, tmp_path: Path
+    offline: OfflineStore, online_store: OnlineStore, tmp_path: Path
 ) -> None:
+    online = online_store
     rng = np.random.default_rng(11)
     offline.ingest(PLANES, pa.table({"tailnum": ["N1", "N2"], "seats": [10, None]}), now=LATER)
     for step in range(12):
@@ -157,8 +175,9 @@ def test_online_equals_offline_at_end_through_an_incremental_replay(
 
 
 def test_same_end_twice_leaves_the_same_state(
-    offline: OfflineStore, online: SQLiteOnlineStore, sink: Any
+    offline: OfflineStore, online_store: OnlineStore, sink: Any
 ) -> None:
+    online = online_store
     rng = np.random.default_rng(5)
     offline.ingest(WEATHER, weather_batch(rng, 40, 0, 10), now=LATER)
     offline.ingest(PLANES, pa.table({"tailnum": ["N1"], "seats": [3]}), now=LATER)
@@ -178,8 +197,9 @@ def test_same_end_twice_leaves_the_same_state(
 
 
 def test_late_rows_older_than_the_watermark_are_picked_up(
-    offline: OfflineStore, online: SQLiteOnlineStore
+    offline: OfflineStore, online_store: OnlineStore
 ) -> None:
+    online = online_store
     rows = [("JFK", h(5), 5.0), ("LGA", h(1), 1.0)]
     table = pa.table(
         {
@@ -208,8 +228,9 @@ def test_late_rows_older_than_the_watermark_are_picked_up(
 
 
 def test_aggregations_reset_when_rows_leave_the_window(
-    offline: OfflineStore, online: SQLiteOnlineStore
+    offline: OfflineStore, online_store: OnlineStore
 ) -> None:
+    online = online_store
     table = pa.table(
         {
             "origin": ["JFK", "JFK"],
@@ -244,7 +265,8 @@ def test_aggregations_reset_when_rows_leave_the_window(
     assert [r.status for r in results] == [{"gusts_count": "present"}, {"gusts_mean": "present"}]
 
 
-def test_start_limits_the_rows_read(offline: OfflineStore, online: SQLiteOnlineStore) -> None:
+def test_start_limits_the_rows_read(offline: OfflineStore, online_store: OnlineStore) -> None:
+    online = online_store
     table = pa.table(
         {
             "origin": ["JFK", "LGA"],
@@ -286,3 +308,47 @@ def test_incremental_call_over_a_few_new_rows_touches_only_them(
     for step in range(48, 0, -1):
         [result] = materialize(offline, online, [WX], end=h(hours - step))
         assert result.keys == 3  # only the new hour is read and written, not 180 days
+
+
+def wipe(uri: str, request: pytest.FixtureRequest) -> None:
+    """Lose the online store at ``uri``: FLUSHALL on Redis, the database files deleted on SQLite."""
+    if uri.startswith("redis://"):
+        request.getfixturevalue("redis_server").flushall()
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def test_a_lost_online_store_is_rebuilt_by_materializing_again(
+    offline: OfflineStore, online_uri: str, request: pytest.FixtureRequest
+) -> None:
+    # G7: after FLUSHALL (or the SQLite file deleted), one materialize restores every key, with
+    # the offline point-in-time values at ``end``.
+    rng = np.random.default_rng(7)
+    offline.ingest(PLANES, pa.table({"tailnum": ["N1", "N2", "N3"], "seats": [1, None, 3]}))
+    for step in range(3):
+        offline.ingest(WEATHER, weather_batch(rng, 30, 4 * step, 4 * step + 4), now=h(12))
+        online = open_online_store(online_uri)
+        try:
+            materialize(offline, online, VIEWS, end=h(4 * step + 4))
+        finally:
+            online.close()
+    online = open_online_store(online_uri)
+    requests = [(v, k) for v in VIEWS for k in keys_of(v)]
+    before = [(r.values, r.status, r.event_ts) for r in online.read_many(requests, at=h(12))]
+    state = online_state(online)
+    assert len(state) == 4 * 5 + 3  # 4 origins x (wx + 4 aggregations) + 3 aircraft
+    online.close()
+    wipe(online_uri, request)
+    online = open_online_store(online_uri)
+    try:
+        assert online_state(online) == [] and online.get_watermark("wx") is None
+        results = materialize(offline, online, VIEWS, end=h(12))
+        assert [r.start for r in results[:2]] == [None, None]  # no watermark: a full rebuild
+        after = [(r.values, r.status, r.event_ts) for r in online.read_many(requests, at=h(12))]
+        assert after == before
+        assert online_state(online) == state  # every key restored, same times, same bytes
+        assert_no_skew(offline, online, h(12))
+    finally:
+        online.close()

@@ -5,8 +5,8 @@ runs (the same builder), with one entity row ``(key, end)`` per key that may hav
 writes the winners write-if-newer. So after it, an online read at ``end`` equals an offline
 lookup at ``end`` for every key (no training/serving skew by construction).
 
-Incremental and idempotent. A per-view watermark ``(end, seq)`` is stored in the online database
-in the same transaction as the values it covers:
+Incremental and idempotent. A per-view watermark ``(end, seq)`` is stored in the online store
+(any ``OnlineStore``: SQLite or Redis) in the same atomic write as the values it covers:
 
 * feature views read only rows with ``event_ts`` after the previous ``end`` or ingested after
   it (``_seq`` above the previous high mark: late, out-of-order rows), up to ``end``; the winner
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from flywheel.data.online import OnlineRow, SQLiteOnlineStore, Watermark
+from flywheel.data.online_base import OnlineRow, OnlineStore, Watermark
 from flywheel.data.retrieval import View, build_query, quote_ident, ts_literal
 from flywheel.data.specs import FeatureView, WindowAggregation
 from flywheel.errors import InvalidArgument
@@ -86,7 +86,7 @@ def _plan(
 
 def _materialize_view(
     offline: OfflineStore,
-    online: SQLiteOnlineStore,
+    online: OnlineStore,
     view: View,
     end: datetime,
     start: datetime | None,
@@ -156,7 +156,7 @@ def _materialize_view(
 
 def materialize(
     offline: OfflineStore,
-    online: SQLiteOnlineStore,
+    online: OnlineStore,
     views: Sequence[View],
     *,
     end: datetime,
@@ -182,6 +182,7 @@ def materialize(
         >>> from pathlib import Path
         >>> import pyarrow as pa
         >>> from flywheel.data.offline import OfflineStore
+        >>> from flywheel.data.online import SQLiteOnlineStore
         >>> from flywheel.data.specs import Field, FeatureView, Source
         >>> src = Source(name="w", timestamp_field="ts", fields=[
         ...     Field(name="k", dtype="string"), Field(name="ts", dtype="timestamp"),

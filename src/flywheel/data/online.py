@@ -1,18 +1,18 @@
-"""The online store: the latest feature values per (view, entity key), in SQLite.
+"""The SQLite online store: the latest feature values per (view, entity key), in one file.
 
 One row per ``(view, entity_key)`` holds the winner's ``event_ts``, the write time and the values
-as JSON (keyed by feature name; an aggregation's single value by the aggregation's name).
+as JSON, encoded by :func:`~flywheel.data.online_base.encode_row`; reads apply
+:func:`~flywheel.data.online_base.result_at`. The semantics every backend shares (write-if-newer,
+statuses, ttl, JSON-safe values) are written down in ``flywheel.data.online_base``.
 
-* Writes are write-if-newer, in one transaction: an older ``event_ts`` never overwrites a newer
-  one; an equal ``event_ts`` overwrites (it comes from a later ingestion).
-* Reads apply the offline rule at time ``at`` (see ``flywheel.data.retrieval``): a value whose
-  ``event_ts`` is after ``at`` does not qualify (``missing``); older than ``at - ttl`` gives null
-  with status ``expired``; no row gives ``missing``. Static views ignore time. A missing
-  ``count``/``sum`` aggregation reads as 0, as offline.
-* Floats stay JSON-safe: ``NaN`` is stored as null, ``±inf`` is refused; timestamps round-trip.
+* A write is one ``BEGIN IMMEDIATE`` transaction: an upsert whose ``WHERE`` keeps the newer row.
+* ``read_many`` is one SQL query, whatever the number of requests.
 * The database runs in WAL mode with a busy timeout, so readers never block the materializer.
   Per-view materialization watermarks live in the same database and move in the same
   transaction as the values they cover.
+
+The row types (:class:`OnlineRow`, :class:`OnlineResult`, :class:`Watermark`) are re-exported
+here from ``flywheel.data.online_base``.
 
 Examples:
     >>> import tempfile
@@ -35,27 +35,29 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
 
-from flywheel.data.specs import FeatureView, WindowAggregation
-from flywheel.data.validation import check_key
-from flywheel.errors import BackendUnavailable, InvalidArgument, ValidationError
+from flywheel.data.online_base import (
+    OnlineResult,
+    OnlineRow,
+    Status,
+    View,
+    Watermark,
+    encode_row,
+    from_micros,
+    result_at,
+    to_micros,
+)
+from flywheel.errors import BackendUnavailable
 from flywheel.naming import validate_name
 
 __all__ = ["OnlineResult", "OnlineRow", "SQLiteOnlineStore", "Status", "Watermark"]
 
-Status = Literal["present", "missing", "expired"]
-View = FeatureView | WindowAggregation
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS online_features (
     view TEXT NOT NULL,
@@ -73,7 +75,7 @@ CREATE TABLE IF NOT EXISTS online_watermarks (
 );
 """
 _UPSERT = """
-INSERT INTO online_features (view, entity_key, event_ts, created_ts, payload)
+INSERT INTO online_features (view, entity_key, event_ts, payload, created_ts)
 VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (view, entity_key) DO UPDATE SET
     event_ts = excluded.event_ts, created_ts = excluded.created_ts, payload = excluded.payload
@@ -86,75 +88,6 @@ WITH req(i, view, k) AS (
 SELECT req.i, f.event_ts, f.payload
 FROM req JOIN online_features f ON f.view = req.view AND f.entity_key = req.k
 """
-
-
-@dataclass(frozen=True)
-class OnlineRow:
-    """One value set to write: ``values`` keyed by feature name (aggregation: its name)."""
-
-    entity_key: str
-    event_ts: datetime
-    values: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class OnlineResult:
-    """The values of one view for one key at time ``at``, with a status per feature."""
-
-    values: dict[str, Any]
-    status: dict[str, Status]
-    event_ts: datetime | None
-
-
-@dataclass(frozen=True)
-class Watermark:
-    """How far a view was materialized: up to ``end``, and ingestion sequences up to ``seq``."""
-
-    end: datetime
-    seq: int
-
-
-def _micros(value: datetime, name: str) -> int:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidArgument(f"{name} must be time-zone aware, got naive {value.isoformat()}")
-    return (value - _EPOCH) // timedelta(microseconds=1)
-
-
-def _from_micros(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
-
-
-def _encode(value: Any, name: str) -> Any:
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            raise ValidationError(name, f"infinite value {value} (expected a finite float)")
-        return value
-    if isinstance(value, datetime):
-        return {"$ts": _micros(value, name)}
-    item = getattr(value, "item", None)  # numpy scalars
-    if callable(item):
-        return _encode(item(), name)
-    raise ValidationError(name, f"cannot store a {type(value).__name__} online")
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict) and "$ts" in value:
-        return _from_micros(int(value["$ts"]))
-    return value
-
-
-def _columns(view: View) -> list[str]:
-    return list(view.features) if isinstance(view, FeatureView) else [view.name]
-
-
-def _empty(view: View) -> Any:
-    if isinstance(view, WindowAggregation) and view.function in ("count", "sum"):
-        return 0
-    return None
 
 
 class SQLiteOnlineStore:
@@ -237,13 +170,8 @@ class SQLiteOnlineStore:
             ValidationError: a bad view name or entity key, a naive time or an unstorable value.
         """
         validate_name("view", view)
-        now = _micros(datetime.now(UTC), "now")
-        params = []
-        for row in rows:
-            check_key(view, row.entity_key)
-            payload = {k: _encode(v, f"{view}.{k}") for k, v in row.values.items()}
-            text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
-            params.append((view, row.entity_key, _micros(row.event_ts, "event_ts"), now, text))
+        now = to_micros(datetime.now(UTC), "now")
+        params = [(view, row.entity_key, *encode_row(view, row), now) for row in rows]
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             try:
@@ -256,7 +184,7 @@ class SQLiteOnlineStore:
                         "VALUES (?, ?, ?, ?) ON CONFLICT (view) DO UPDATE SET "
                         "end_ts = excluded.end_ts, seq = excluded.seq, "
                         "updated_ts = excluded.updated_ts",
-                        (view, _micros(watermark.end, "watermark"), watermark.seq, now),
+                        (view, to_micros(watermark.end, "watermark"), watermark.seq, now),
                     )
                 con.execute("COMMIT")
             except BaseException:
@@ -271,7 +199,7 @@ class SQLiteOnlineStore:
             row = con.execute(
                 "SELECT end_ts, seq FROM online_watermarks WHERE view = ?", (view,)
             ).fetchone()
-        return None if row is None else Watermark(_from_micros(row[0]), int(row[1]))
+        return None if row is None else Watermark(from_micros(row[0]), int(row[1]))
 
     def read(self, view: View, keys: Sequence[str], *, at: datetime) -> list[OnlineResult]:
         """Return the values of ``view`` for each key at time ``at``, in key order."""
@@ -281,28 +209,8 @@ class SQLiteOnlineStore:
         self, requests: Sequence[tuple[View, str]], *, at: datetime
     ) -> list[OnlineResult]:
         """Return one result per ``(view, key)`` request, in order, with one SQL query."""
-        at_us = _micros(at, "at")
+        at_us = to_micros(at, "at")
         payload = json.dumps([[view.name, str(key)] for view, key in requests])
         with self._connect() as con:
             found = {int(i): (ts, text) for i, ts, text in con.execute(_READ, (payload,))}
-        out = []
-        for i, (view, _key) in enumerate(requests):
-            cols = _columns(view)
-            hit = found.get(i)
-            timed = view.timestamp_field is not None
-            if hit is None or (timed and hit[0] > at_us):
-                missing: dict[str, Status] = {c: "missing" for c in cols}
-                out.append(OnlineResult({c: _empty(view) for c in cols}, missing, None))
-                continue
-            event_us, text = hit
-            event_ts = _from_micros(event_us)
-            ttl = view.ttl if isinstance(view, FeatureView) else None
-            if ttl is not None and event_us < at_us - ttl // timedelta(microseconds=1):
-                expired: dict[str, Status] = {c: "expired" for c in cols}
-                out.append(OnlineResult(dict.fromkeys(cols), expired, event_ts))
-                continue
-            stored = json.loads(text)
-            values = {c: _decode(stored[c]) if c in stored else _empty(view) for c in cols}
-            status: dict[str, Status] = {c: "present" if c in stored else "missing" for c in cols}
-            out.append(OnlineResult(values, status, event_ts))
-        return out
+        return [result_at(view, found.get(i), at_us) for i, (view, _key) in enumerate(requests)]

@@ -20,7 +20,7 @@ from flywheel.errors import ValidationError
 from flywheel.serving.handler import Prediction, RequestField
 
 if TYPE_CHECKING:
-    from flywheel.data.online import SQLiteOnlineStore
+    from flywheel.data.online_base import OnlineStore
     from flywheel.data.specs import FeatureView, WindowAggregation
     from flywheel.project import Project
     from flywheel.registry.loader import LoadedModel
@@ -50,7 +50,7 @@ class ModelHandler:
         alias: str,
         registry: ModelRegistry,
         blobs: BlobStore,
-        online: SQLiteOnlineStore,
+        online: OnlineStore,
         views: Sequence[FeatureView | WindowAggregation],
         request_fields: Sequence[RequestField],
         request_features: Sequence[str],

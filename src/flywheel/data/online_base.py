@@ -1,0 +1,245 @@
+"""What every online store shares: its interface, its row types and the read rule.
+
+An online store keeps one value set per ``(view, entity_key)``: the winner's ``event_ts`` and
+the values as JSON (keyed by feature name; an aggregation's single value by its name). Every
+backend (``SQLiteOnlineStore`` in ``flywheel.data.online``, ``RedisOnlineStore`` in
+``flywheel.data.online_redis``) implements :class:`OnlineStore` with the same semantics, and one
+conformance suite (``tests/data/test_data_online.py``) runs against each:
+
+* writes are write-if-newer, atomically per call: an older ``event_ts`` never overwrites a newer
+  one; an equal ``event_ts`` overwrites (it comes from a later ingestion);
+* values are encoded by :func:`encode_row` (``NaN`` becomes null, ``±inf`` is refused,
+  datetimes round-trip) and read back by :func:`result_at`, which applies the offline rule at
+  time ``at`` (see ``flywheel.data.retrieval``): a value stamped after ``at`` is ``missing``, one
+  older than ``at - ttl`` is null with status ``expired``; static views ignore time; a missing
+  ``count``/``sum`` aggregation reads as 0, as offline;
+* a per-view :class:`Watermark` moves in the same atomic write as the rows it covers.
+
+:func:`open_online_store` picks the backend from a URI.
+
+Examples:
+    >>> import tempfile
+    >>> from datetime import UTC, datetime
+    >>> from flywheel.data.specs import FeatureView
+    >>> view = FeatureView(name="aircraft", entity="aircraft", join_key="tailnum",
+    ...     source="planes", timestamp_field=None, features=["seats"])
+    >>> t = datetime(2013, 1, 1, tzinfo=UTC)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     store = open_online_store(f"sqlite:///{d}/online.db")
+    ...     store.write("aircraft", [OnlineRow("N1", t, {"seats": 55})])
+    ...     [r.status for r in store.read(view, ["N1", "N2"], at=t)]
+    ...     store.close()
+    1
+    [{'seats': 'present'}, {'seats': 'missing'}]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from flywheel.data.specs import FeatureView, WindowAggregation
+from flywheel.data.validation import check_key
+from flywheel.errors import InvalidArgument, ValidationError
+
+__all__ = [
+    "OnlineResult",
+    "OnlineRow",
+    "OnlineStore",
+    "Status",
+    "View",
+    "Watermark",
+    "encode_row",
+    "from_micros",
+    "open_online_store",
+    "result_at",
+    "to_micros",
+]
+
+Status = Literal["present", "missing", "expired"]
+View = FeatureView | WindowAggregation
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_URI_REASON = "expected sqlite:///PATH or redis://HOST:PORT/DB"
+
+
+@dataclass(frozen=True)
+class OnlineRow:
+    """One value set to write: ``values`` keyed by feature name (aggregation: its name)."""
+
+    entity_key: str
+    event_ts: datetime
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OnlineResult:
+    """The values of one view for one key at time ``at``, with a status per feature."""
+
+    values: dict[str, Any]
+    status: dict[str, Status]
+    event_ts: datetime | None
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """How far a view was materialized: up to ``end``, and ingestion sequences up to ``seq``."""
+
+    end: datetime
+    seq: int
+
+
+class OnlineStore(Protocol):
+    """The latest feature values per ``(view, entity_key)``; see the module docstring."""
+
+    def write(
+        self, view: str, rows: Sequence[OnlineRow], *, watermark: Watermark | None = None
+    ) -> int:
+        """Write ``rows`` for ``view`` if newer, atomically; return how many were written."""
+        ...
+
+    def read_many(
+        self, requests: Sequence[tuple[View, str]], *, at: datetime
+    ) -> list[OnlineResult]:
+        """Return one result per ``(view, key)`` request, in order, in one round trip."""
+        ...
+
+    def read(self, view: View, keys: Sequence[str], *, at: datetime) -> list[OnlineResult]:
+        """Return the values of ``view`` for each key at time ``at``, in key order."""
+        ...
+
+    def get_watermark(self, view: str) -> Watermark | None:
+        """Return how far ``view`` was materialized, or ``None`` if it never was."""
+        ...
+
+    def close(self) -> None:
+        """Release connections (the store reconnects on next use)."""
+        ...
+
+
+def to_micros(value: datetime, name: str) -> int:
+    """Return ``value`` as integer microseconds since the Unix epoch (it must be tz-aware).
+
+    Examples:
+        >>> to_micros(datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC), "t")
+        1000000
+    """
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidArgument(f"{name} must be time-zone aware, got naive {value.isoformat()}")
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(value: int) -> datetime:
+    """Return the UTC datetime ``value`` microseconds after the Unix epoch.
+
+    Examples:
+        >>> from_micros(1000000).isoformat()
+        '1970-01-01T00:00:01+00:00'
+    """
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _encode(value: Any, name: str) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            raise ValidationError(name, f"infinite value {value} (expected a finite float)")
+        return value
+    if isinstance(value, datetime):
+        return {"$ts": to_micros(value, name)}
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        return _encode(item(), name)
+    raise ValidationError(name, f"cannot store a {type(value).__name__} online")
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict) and "$ts" in value:
+        return from_micros(int(value["$ts"]))
+    return value
+
+
+def encode_row(view: str, row: OnlineRow) -> tuple[int, str]:
+    """Validate ``row`` and return its ``(event micros, JSON payload)`` as every backend stores it.
+
+    Raises:
+        ValidationError: a bad entity key or a value that cannot be stored.
+        InvalidArgument: a naive ``event_ts``.
+
+    Examples:
+        >>> encode_row("wx", OnlineRow("JFK", datetime(1970, 1, 1, tzinfo=UTC),
+        ...     {"temp": float("nan"), "gusts": 3}))
+        (0, '{"temp":null,"gusts":3}')
+    """
+    check_key(view, row.entity_key)
+    payload = {k: _encode(v, f"{view}.{k}") for k, v in row.values.items()}
+    text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
+    return to_micros(row.event_ts, "event_ts"), text
+
+
+def _columns(view: View) -> list[str]:
+    return list(view.features) if isinstance(view, FeatureView) else [view.name]
+
+
+def _empty(view: View) -> Any:
+    if isinstance(view, WindowAggregation) and view.function in ("count", "sum"):
+        return 0
+    return None
+
+
+def result_at(view: View, hit: tuple[int, str] | None, at_us: int) -> OnlineResult:
+    """Apply the read rule at ``at_us`` to a stored ``(event micros, JSON payload)`` or none.
+
+    Examples:
+        >>> from flywheel.data.specs import FeatureView
+        >>> v = FeatureView(name="wx", entity="airport", join_key="origin", source="weather",
+        ...     timestamp_field="ts", features=["temp"], ttl=timedelta(microseconds=5))
+        >>> [result_at(v, (10, '{"temp":1.5}'), at).status["temp"] for at in (9, 15, 16)]
+        ['missing', 'present', 'expired']
+    """
+    cols = _columns(view)
+    timed = view.timestamp_field is not None
+    if hit is None or (timed and hit[0] > at_us):
+        missing: dict[str, Status] = {c: "missing" for c in cols}
+        return OnlineResult({c: _empty(view) for c in cols}, missing, None)
+    event_us, text = hit
+    event_ts = from_micros(event_us)
+    ttl = view.ttl if isinstance(view, FeatureView) else None
+    if ttl is not None and event_us < at_us - ttl // timedelta(microseconds=1):
+        expired: dict[str, Status] = {c: "expired" for c in cols}
+        return OnlineResult(dict.fromkeys(cols), expired, event_ts)
+    stored = json.loads(text)
+    values = {c: _decode(stored[c]) if c in stored else _empty(view) for c in cols}
+    status: dict[str, Status] = {c: "present" if c in stored else "missing" for c in cols}
+    return OnlineResult(values, status, event_ts)
+
+
+def open_online_store(uri: str) -> OnlineStore:
+    """Open the online store at ``uri``: ``sqlite:///PATH`` or ``redis[s]://HOST:PORT/DB``.
+
+    Raises:
+        ValidationError: any other URI (field ``online``).
+
+    Examples:
+        >>> open_online_store("memcached://localhost")
+        Traceback (most recent call last):
+        ...
+        flywheel.errors.ValidationError: online: expected sqlite:///PATH or redis://HOST:PORT/DB
+    """
+    if uri.startswith("sqlite:///") and len(uri) > len("sqlite:///"):
+        from flywheel.data.online import SQLiteOnlineStore
+
+        return SQLiteOnlineStore(Path(uri.removeprefix("sqlite:///")))
+    if uri.startswith(("redis://", "rediss://")):
+        from flywheel.data.online_redis import RedisOnlineStore
+
+        return RedisOnlineStore(uri)
+    raise ValidationError("online", _URI_REASON)
