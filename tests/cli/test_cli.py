@@ -102,7 +102,13 @@ def test_bad_flights_file_is_refused_whole(
     assert main(["--project", str(proj), "ingest", "flights", str(good)]) == 0
     capsys.readouterr()
     offline = proj / ".flywheel" / "offline"
-    before = sorted(p.relative_to(offline) for p in offline.rglob("*") if p.is_file())
+
+    def published() -> list[Path]:
+        # The quarantine keeps refused rows (so nothing is lost); it is not published data.
+        files = (p.relative_to(offline) for p in offline.rglob("*") if p.is_file())
+        return sorted(p for p in files if p.parts[0] != "_quarantine")
+
+    before = published()
 
     bad = tmp_path / "bad.parquet"
     mutate(_flights_frame()).to_parquet(bad)  # type: ignore[operator]
@@ -110,5 +116,13 @@ def test_bad_flights_file_is_refused_whole(
     err = capsys.readouterr().err
     assert code == 2
     assert needle in err and err.startswith("error: ")
-    after = sorted(p.relative_to(offline) for p in offline.rglob("*") if p.is_file())
-    assert after == before  # nothing of the bad batch was written
+    assert published() == before  # nothing of the bad batch was written
+    from flywheel.project import Project
+
+    project = Project.open(proj)
+    quarantined = project.offline.quarantine("flights").to_pylist()
+    if needle == "sched_dep_ts":  # row-level: every refused row is kept with its reason
+        assert len(quarantined) == 50
+        assert {r["field"] for r in quarantined} == {"sched_dep_ts"}
+    else:  # schema-level: the file never matched the schema, nothing to keep row by row
+        assert quarantined == []

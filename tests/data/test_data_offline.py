@@ -60,9 +60,8 @@ def test_ingest_commits_rows_with_created_ts_and_sequence(offline: OfflineStore,
     # _seq follows input order; the file is sorted by event time.
     assert [r["ts"].hour for r in got] == [3, 1, 2, 4]
     assert [r["_created_ts"] for r in got] == [NOW] * 3 + [NOW + timedelta(hours=1)]
-    assert sink.events == [
-        ("data.ingested", "source/weather", {"source": "weather", "batch_id": "b1", "rows": 3})
-    ]
+    payload = {"source": "weather", "batch_id": "b1", "rows": 3, "rejected": 0, "reasons": {}}
+    assert sink.events == [("data.ingested", "source/weather", payload)]
     snap = offline.snapshot("weather")
     assert snap["rows"] == 4 and snap["next_seq"] == 4
     assert [(b["batch_id"], b["rows"], b["seq_start"]) for b in snap["batches"]] == [
@@ -243,3 +242,29 @@ def test_concurrent_ingests_get_distinct_sequences(offline: OfflineStore) -> Non
     seqs = sorted(r["_seq"] for r in rows(offline))
     assert seqs == list(range(16))
     assert len(offline.snapshot("weather")["batches"]) == 8
+
+
+def test_ingest_result_stays_positionally_compatible() -> None:
+    from flywheel.data.offline import IngestResult
+
+    old_style = IngestResult("weather", "b1", 3, (), False)
+    assert (old_style.rejected, old_style.reasons) == (0, {})
+    assert old_style == IngestResult("weather", "b1", 3, (), False, 0, {})
+    assert hash(old_style) == hash(IngestResult("weather", "b1", 3, (), False, 0, {"x": 1}))
+
+
+def test_the_quarantine_directory_is_not_a_source(offline: OfflineStore) -> None:
+    quarantining = SOURCE.model_copy(update={"on_invalid": "quarantine"})
+    bad = batch([1, 2]).set_column(2, "temp", pa.array([1.0, float("inf")]))
+    result = offline.ingest(quarantining, bad, batch_id="b1", now=NOW)
+    assert (result.rows, result.rejected, result.reasons) == (1, 1, {"inf": 1})
+    assert (offline.root / "_quarantine" / "weather").is_dir()
+    assert offline.sources() == ["weather"]
+    assert offline.sources(include_uncommitted=True) == ["weather"]
+    reopened = OfflineStore(offline.root)  # recovery leaves the quarantine alone
+    assert reopened.quarantine("weather").column("row").to_pylist() == [1]
+    [entry] = reopened.snapshot("weather")["batches"]
+    assert set(entry) == {"batch_id", "rows", "digest", "seq_start", "created_ts"}
+    assert reopened.stats("weather")["columns"]["temp"]["max"] == 1.0
+    with pytest.raises(ValidationError):
+        reopened.quarantine("../weather")

@@ -12,7 +12,7 @@ import pytest
 
 from flywheel.data.offline import OfflineStore
 from flywheel.data.specs import Field, Source
-from flywheel.data.validation import check_key, validate_batch
+from flywheel.data.validation import check_batch, check_key, coerce_timestamps, validate_batch
 from flywheel.errors import InvalidArgument, ValidationError
 
 NOW = datetime(2013, 6, 1, 12, tzinfo=UTC)
@@ -156,16 +156,42 @@ def test_bad_batch_is_refused_naming_the_column(case: str) -> None:
     assert info.value.to_dict()["context"]["field"] == field
 
 
+SCHEMA_LEVEL = {
+    "missing column",
+    "extra column",
+    "string for int",
+    "string for float",
+    "float for entity id",
+    "int for bool",
+    "naive timestamps",
+    "date for timestamp",
+}
+
+
+def _stored(root: Path) -> list[Path]:
+    """Return the paths under ``root`` outside the quarantine."""
+    return sorted(p.relative_to(root) for p in root.rglob("*") if "_quarantine" not in p.parts)
+
+
 @pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
-def test_refused_batch_writes_nothing(case: str, tmp_path: Path) -> None:
+def test_refused_batch_writes_nothing_but_the_quarantine_record(case: str, tmp_path: Path) -> None:
     store = OfflineStore(tmp_path / "off")
     store.ingest(SOURCE, table(), batch_id="first", now=NOW)
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    before = _stored(tmp_path)
     snapshot = store.snapshot("flights")
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError) as info:
         store.ingest(SOURCE, BAD[case][0], batch_id="second", now=NOW)
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert _stored(tmp_path) == before
     assert store.snapshot("flights") == snapshot
+    quarantined = store.quarantine("flights").to_pylist()
+    if case in SCHEMA_LEVEL:  # the batch as a whole is wrong: no rows to keep
+        assert quarantined == []
+        assert not (tmp_path / "off" / "_quarantine").exists()
+    else:
+        assert quarantined, case
+        assert {q["batch_id"] for q in quarantined} == {"second"}
+        assert quarantined[0]["field"] == BAD[case][1] == info.value.field
+        assert info.value.context["rejected"] == len(quarantined)
 
 
 def test_valid_batch_is_cast_to_declared_types() -> None:
@@ -253,3 +279,123 @@ def test_duplicate_column_names_are_refused() -> None:
 def test_entity_keys_are_refused_when_ambiguous(key: str, reason: str) -> None:
     with pytest.raises(ValidationError, match=reason):
         check_key("tailnum", key)
+
+
+# -- the two levels, and the spec fields they read --------------------------------------------
+
+
+def test_check_batch_sorts_rows_and_validate_batch_refuses_them() -> None:
+    data = table(
+        dep_delay=pa.array([1.0, -500.0, 3000.0]),
+        carrier=pa.array(["UA", None, "B6"]),
+    )
+    check = check_batch(SOURCE, data, now=NOW)
+    assert check.rows == 3
+    assert check.accepted.to_pylist() == [table().to_pylist()[0]]
+    assert check.rejected.to_pylist() == [
+        {
+            "row": 1,
+            "field": "carrier",
+            "category": "null",
+            "reason": "null in a non-nullable column",
+        },
+        {"row": 2, "field": "dep_delay", "category": "above_max", "reason": "above max 2000.0"},
+    ]
+    assert check.reasons == {"above_max": 1, "null": 1}
+    with pytest.raises(ValidationError) as info:
+        validate_batch(SOURCE, data, now=NOW)
+    assert info.value.field == "carrier"  # the first declared column with a problem
+    assert info.value.reason.endswith("; 2 of 3 rows rejected in all")
+    assert check_batch(SOURCE, table(), now=NOW).error() is None
+
+
+def test_chunked_input_is_checked_like_one_chunk() -> None:
+    data = pa.concat_tables([table(), table(dep_delay=pa.array([1.0, -101.0, 2.0]))])
+    assert data.column("dep_delay").num_chunks == 2
+    check = check_batch(SOURCE, data, now=NOW)
+    assert check.rejected.column("row").to_pylist() == [4]
+    assert check.accepted.num_rows == 5
+
+
+def test_timestamp_strings_are_checked_row_by_row() -> None:
+    good_ts = [f"2013-01-01T{h:02d}:00:00Z" for h in range(24)] * 50
+    values = list(good_ts)
+    values[5] = "2013-01-01T05:00:00"  # naive
+    values[700] = "2013-13-01T05:00:00Z"  # well-formed, impossible
+    values[900] = "yesterday"
+    values[901] = "2013-01-01 05:00:00+0530"  # valid, not the common shape
+    col = pa.array(values)
+    from flywheel.data.validation import _parse_timestamps
+
+    parsed, bad = _parse_timestamps("t", col)
+    assert list(bad.nonzero()[0]) == [5, 700, 900]
+    assert parsed[901].as_py() == datetime(2012, 12, 31, 23, 30, tzinfo=UTC)
+    assert parsed.null_count == 3
+    with pytest.raises(ValidationError, match="found '2013-01-01T05:00:00' at row 5"):
+        coerce_timestamps("t", col)
+
+
+def test_uint64_beyond_int64_is_a_row_problem() -> None:
+    source = Source(name="s", fields=[Field(name="n", dtype="int64")])
+    data = pa.table({"n": pa.array([1, 2**63], pa.uint64())})
+    check = check_batch(source, data, now=NOW)
+    assert check.rejected.column("category").to_pylist() == ["out_of_range"]
+    assert check.accepted.column("n").to_pylist() == [1]
+
+
+def test_new_spec_fields_default_to_the_old_behaviour() -> None:
+    assert (SOURCE.on_invalid, SOURCE.key_fields) == ("reject", [])
+    assert SOURCE.fields[0].categories is None
+    from flywheel.data.specs import FeatureView, WindowAggregation, spec_from_dict
+
+    view = FeatureView(
+        name="v",
+        entity="e",
+        join_key="carrier",
+        source="flights",
+        timestamp_field="time_hour",
+        features=["dep_delay"],
+        freshness_sla=timedelta(hours=1),
+    )
+    assert spec_from_dict(view.model_dump(mode="json")) == view
+    keyed = SOURCE.model_copy(update={"key_fields": ["carrier"], "on_invalid": "quarantine"})
+    assert spec_from_dict(keyed.model_dump(mode="json")) == keyed
+    with pytest.raises(ValueError, match="freshness_sla must be positive"):
+        WindowAggregation(
+            name="a",
+            entity="e",
+            join_key="carrier",
+            source="flights",
+            timestamp_field="time_hour",
+            column="dep_delay",
+            function="mean",
+            window=timedelta(days=1),
+            freshness_sla=timedelta(0),
+        )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"key_fields": ["nope"]}, "not a declared field"),
+        ({"key_fields": ["time_hour"]}, "is the timestamp field"),
+        ({"key_fields": ["carrier", "carrier"]}, "duplicate key_fields"),
+        ({"on_invalid": "drop"}, "on_invalid"),
+    ],
+)
+def test_bad_source_options_are_refused(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Source.model_validate({**SOURCE.model_dump(), **change})
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ({"dtype": "int64", "categories": ["a"]}, "categories apply to string columns"),
+        ({"dtype": "string", "categories": []}, "at least one value"),
+        ({"dtype": "string", "categories": ["a", "a"]}, "duplicate categories"),
+    ],
+)
+def test_bad_categories_are_refused(field: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Field.model_validate({"name": "x", **field})

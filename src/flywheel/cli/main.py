@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from flywheel._version import __version__
+from flywheel.cli.features import features
 from flywheel.errors import FlywheelError
 
 __all__ = ["cli", "main"]
@@ -311,6 +312,9 @@ def demo(directory: Path, json_path: Path | None, requests: int) -> None:
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(summary.to_json() + "\n", encoding="utf-8")
+
+
+cli.add_command(features)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,15 +5,27 @@ Layout under ``root`` (source names and batch ids are validated names, never raw
     root/<source>/_manifest.json                 the commit point: spec, batches, next sequence
     root/<source>/batch=<batch_id>/part-00000.parquet
     root/<source>/.lock                          serializes writers (flock), across processes
+    root/_quarantine/<source>/batch=<batch_id>/  refused rows with their reasons (see quarantine)
 
-An ingest validates the whole batch first (nothing is written on failure), stamps every row with
+An ingest validates the whole batch first (``flywheel.data.validation``: schema problems refuse
+the batch, row problems reject rows). With the source's ``on_invalid="reject"`` (the default) a
+batch with any rejected row is refused whole with a ``ValidationError`` naming the first
+problem's column and how many rows have it; with ``"quarantine"`` the valid rows are committed
+as the batch. Either way the rejected rows go to the quarantine with their reasons, so nothing
+is lost (:meth:`OfflineStore.quarantine` reads them back), and nothing else of a refused batch is
+written. A committed batch stamps every row with
 ``_created_ts`` (the ingestion time) and ``_seq`` (a per-source ingestion sequence, persisted in
 the manifest), writes the Parquet file into a temporary directory, fsyncs it, renames the
 directory into place and only then swaps the manifest (write, fsync, atomic rename). Readers only
 see files the manifest lists, so a crash never leaves a half-visible batch; temporary and
 unlisted directories are removed when a store is opened. Re-ingesting a batch id already
 committed is a no-op (``skipped=True``); the same id with different content is a ``Conflict``.
-The default batch id is the sha256 of the validated content, so re-sending a batch is a no-op.
+The default batch id is the sha256 of the validated content (and of the rejected rows, if any),
+so re-sending a batch is a no-op; so is quarantining the same rows of a batch again.
+
+Each committed batch also carries per-column statistics (``flywheel.data.stats``: count, nulls,
+distinct, min/max/mean) and its rejected-row counts; :meth:`OfflineStore.stats` aggregates them
+over the source, with the last event time.
 
 Rows are sorted by the source's event timestamp inside a batch so that Parquet row-group
 statistics let DuckDB skip most of a file for a time-range query, and the manifest keeps each
@@ -39,6 +51,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -52,8 +65,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flywheel.data.quarantine import Quarantine, quarantine_records, records_digest
 from flywheel.data.specs import Source
-from flywheel.data.validation import validate_batch
+from flywheel.data.stats import batch_stats, merge_stats
+from flywheel.data.validation import BatchCheck, check_batch
 from flywheel.errors import Conflict, InvalidArgument, NotFound, ValidationError
 from flywheel.naming import validate_name
 
@@ -67,6 +82,7 @@ if TYPE_CHECKING:
 __all__ = ["IngestResult", "OfflineStore", "SourceSnapshot"]
 
 _MANIFEST = "_manifest.json"
+_QUARANTINE = "_quarantine"
 _TMP_PREFIX = ".tmp-"
 _BATCH_PREFIX = "batch="
 _ROW_GROUP = 65_536
@@ -81,13 +97,19 @@ _SQL_TYPES = {
 
 @dataclass(frozen=True)
 class IngestResult:
-    """What one :meth:`OfflineStore.ingest` did."""
+    """What one :meth:`OfflineStore.ingest` did.
+
+    ``rows`` were committed; ``rejected`` rows went to the quarantine, counted per category in
+    ``reasons`` (e.g. ``{"future_timestamp": 3, "null": 1}``).
+    """
 
     source: str
     batch_id: str
     rows: int
     files: tuple[str, ...]
     skipped: bool
+    rejected: int = 0
+    reasons: dict[str, int] = dataclasses.field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -105,6 +127,14 @@ class SourceSnapshot:
 
 def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _combined_digest(check: BatchCheck, records: pa.Table | None) -> str:
+    """Return the batch's content digest: of its valid rows, and of its rejected rows if any."""
+    digest = _digest(check.accepted)
+    if records is None:
+        return digest
+    return hashlib.sha256(f"{digest}:{records_digest(records)}".encode()).hexdigest()
 
 
 def _digest(table: pa.Table) -> str:
@@ -193,8 +223,10 @@ class OfflineStore:
         self._db_lock = threading.Lock()
         self._db: duckdb.DuckDBPyConnection | None = None
         self._db_pid = 0
+        self._quarantine = Quarantine(self.root / _QUARANTINE, fsync=fsync)
         for name in self.sources(include_uncommitted=True):
             self._recover(name)
+        self._quarantine.recover()
 
     def __repr__(self) -> str:
         return f"OfflineStore({str(self.root)!r})"
@@ -205,7 +237,8 @@ class OfflineStore:
         """Return the names of the sources with at least one committed batch, sorted."""
         out = []
         for entry in sorted(self.root.iterdir()):
-            if not entry.is_dir() or entry.name.startswith("."):
+            # Source names start with a letter or digit: "." and "_" entries are the store's own.
+            if not entry.is_dir() or entry.name.startswith((".", "_")):
                 continue
             if include_uncommitted or (entry / _MANIFEST).is_file():
                 out.append(entry.name)
@@ -232,6 +265,44 @@ class OfflineStore:
     def get_source(self, source_name: str) -> Source:
         """Return the spec the latest batch of ``source_name`` was ingested with."""
         return Source.model_validate(self._manifest(source_name)["source"])
+
+    def quarantine(self, source_name: str) -> pa.Table:
+        """Return the rows of ``source_name`` refused at ingestion, oldest first.
+
+        Columns: ``batch_id``, ``row`` (index in the input batch), ``field``, ``category``,
+        ``reason``, ``values`` (the original row as JSON) and ``quarantined_at``. Empty when
+        nothing was ever refused.
+        """
+        return self._quarantine.read(source_name)
+
+    def stats(self, source_name: str) -> dict[str, Any]:
+        """Return the source's column statistics aggregated over its committed batches.
+
+        Keys: ``source``; ``rows`` and ``batches`` committed; ``rejected`` rows quarantined by
+        committed batches; ``last_event_ts`` (the latest value of the timestamp field,
+        ``None`` for static sources or without rows); ``last_ingested_ts``; ``columns``
+        (``flywheel.data.stats.merge_stats``: count, nulls, min/max/mean, distinct as a lower
+        bound over batches). Batches committed before statistics existed are left out of
+        ``columns`` (``batches_with_stats`` counts those included).
+
+        Raises:
+            NotFound: nothing was ever ingested for ``source_name``.
+        """
+        manifest = self._manifest(source_name)
+        batches = manifest["batches"]
+        highs = [datetime.fromisoformat(b["max_ts"]) for b in batches if b.get("max_ts")]
+        created = [datetime.fromisoformat(b["created_ts"]) for b in batches]
+        with_stats = [b["stats"] for b in batches if "stats" in b]
+        return {
+            "source": source_name,
+            "rows": sum(int(b["rows"]) for b in batches),
+            "batches": len(batches),
+            "batches_with_stats": len(with_stats),
+            "rejected": sum(int(b.get("rejected", 0)) for b in batches),
+            "last_event_ts": max(highs) if highs else None,
+            "last_ingested_ts": max(created) if created else None,
+            "columns": merge_stats(with_stats),
+        }
 
     def scan(
         self,
@@ -324,22 +395,24 @@ class OfflineStore:
     ) -> IngestResult:
         """Validate ``data`` against ``source`` and commit it atomically as one batch.
 
+        Rows failing a row-level check go to the quarantine. With ``source.on_invalid ==
+        "reject"`` (the default) any such row refuses the whole batch; with ``"quarantine"``
+        the other rows are committed.
+
         Args:
             source: the source spec; stored with the batch (a changed dtype is a ``Conflict``).
             data: an Arrow table, a pandas DataFrame, or the path of a CSV or Parquet file.
-            batch_id: idempotency key; defaults to the sha256 of the validated content.
+            batch_id: idempotency key; defaults to the sha256 of the content.
             now: ingestion time (default: the clock); stamped as ``_created_ts``.
-            events: where to append ``data.ingested`` once committed.
+            events: where to append ``data.ingested`` once committed, or ``data.rejected``
+                when the batch is refused.
 
         Raises:
-            ValidationError: the batch breaks the schema (nothing is written).
+            ValidationError: the batch breaks the schema, or (``on_invalid="reject"``) has
+                invalid rows; nothing but the quarantine record is written.
             Conflict: ``batch_id`` was committed with different content, or the spec changed
                 the type of an existing column.
         """
-        import numpy as np
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         validate_name("source", source.name)
         if batch_id is not None:
             validate_name("batch_id", batch_id)
@@ -347,9 +420,54 @@ class OfflineStore:
         if now.tzinfo is None or now.utcoffset() is None:
             raise InvalidArgument(f"now must be time-zone aware, got naive {now.isoformat()}")
         now = now.astimezone(UTC)
-        table = validate_batch(source, _to_table(source, data), now=now)
-        digest = _digest(table)
+        raw: pa.Table | None = None
+        try:
+            raw = _to_table(source, data)
+            check = check_batch(source, raw, now=now)
+        except ValidationError as exc:
+            rows = None if raw is None else raw.num_rows
+            payload = {"source": source.name, "batch_id": batch_id, "rows": rows}
+            reasons = {} if rows is None else {"schema": rows}
+            payload |= {"rejected": rows, "reasons": reasons, "field": exc.field}
+            self._emit(events, "data.rejected", source.name, payload)
+            raise
+        records = None
+        if check.rejected.num_rows:
+            records = quarantine_records(raw, check.rejected)
+        digest = _combined_digest(check, records)
         batch_id = batch_id or digest
+        rejected, reasons = check.rejected.num_rows, check.reasons
+        if records is not None and source.on_invalid == "reject":
+            self._quarantine.write(source.name, batch_id, records, now=now)
+            payload = {"source": source.name, "batch_id": batch_id, "rows": check.rows}
+            payload |= {"rejected": rejected, "reasons": reasons}
+            self._emit(events, "data.rejected", source.name, payload)
+            context = {"source": source.name, "batch_id": batch_id, "rejected": rejected}
+            error = check.error(context=context)
+            assert error is not None
+            raise error
+        result = self._commit(source, check.accepted, batch_id, digest, now, records, reasons)
+        if not result.skipped:
+            payload = {"source": source.name, "batch_id": batch_id, "rows": result.rows}
+            payload |= {"rejected": rejected, "reasons": reasons}
+            self._emit(events, "data.ingested", source.name, payload)
+        return result
+
+    def _commit(
+        self,
+        source: Source,
+        table: pa.Table,
+        batch_id: str,
+        digest: str,
+        now: datetime,
+        records: pa.Table | None,
+        reasons: dict[str, int],
+    ) -> IngestResult:
+        """Publish a validated batch and swap the manifest, under the source's lock."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         src_dir = self.root / source.name
         src_dir.mkdir(exist_ok=True)
         with self._locked(source.name):
@@ -363,9 +481,18 @@ class OfflineStore:
                             context={"source": source.name, "batch_id": batch_id},
                         )
                     return IngestResult(
-                        source.name, batch_id, int(batch["rows"]), tuple(batch["files"]), True
+                        source.name,
+                        batch_id,
+                        int(batch["rows"]),
+                        tuple(batch["files"]),
+                        True,
+                        int(batch.get("rejected", 0)),
+                        dict(batch.get("reasons", {})),
                     )
             self._check_compatible(Source.model_validate(manifest["source"]), source)
+            if records is not None:  # before the batch: a crash in between is redone, not lost
+                self._quarantine.write(source.name, batch_id, records, now=now)
+            stats = batch_stats(source, table)
             seq_start = int(manifest["next_seq"])
             n = table.num_rows
             created = pa.scalar(now, pa.timestamp("us", tz="UTC"))
@@ -381,6 +508,7 @@ class OfflineStore:
                 min_ts = bounds["min"].as_py().isoformat()
                 max_ts = bounds["max"].as_py().isoformat()
             files = self._publish(src_dir, batch_id, table) if n else []
+            rejected = sum(reasons.values())
             manifest["source"] = source.model_dump(mode="json")
             manifest["next_seq"] = seq_start + n
             manifest["batches"].append(
@@ -393,18 +521,22 @@ class OfflineStore:
                     "created_ts": now.isoformat(),
                     "min_ts": min_ts,
                     "max_ts": max_ts,
+                    "rejected": rejected,
+                    "reasons": reasons,
+                    "stats": stats,
                 }
             )
             self._write_manifest(src_dir, manifest)
-        if events is not None:
-            events.append(
-                "data.ingested",
-                f"source/{source.name}",
-                {"source": source.name, "batch_id": batch_id, "rows": n},
-            )
-        return IngestResult(source.name, batch_id, n, tuple(files), False)
+        return IngestResult(source.name, batch_id, n, tuple(files), False, rejected, reasons)
 
     # -- internals -------------------------------------------------------------------------
+
+    @staticmethod
+    def _emit(
+        events: EventSink | None, kind: str, source_name: str, payload: dict[str, Any]
+    ) -> None:
+        if events is not None:
+            events.append(kind, f"source/{source_name}", payload)
 
     def _sync_dir(self, path: Path) -> None:
         if not self.fsync:

@@ -65,6 +65,12 @@ def _check_name(value: str) -> str:
         raise ValueError(f"{value!r}: {exc.reason}") from exc
 
 
+def _check_sla(value: timedelta | None) -> timedelta | None:
+    if value is not None and value <= timedelta(0):
+        raise ValueError("freshness_sla must be positive (or None for no promise)")
+    return value
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -72,7 +78,8 @@ class _Spec(BaseModel):
 class Field(_Spec):
     """One typed column of a source.
 
-    ``min``/``max`` bound numeric columns (inclusive); ``nullable=False`` refuses nulls and NaN.
+    ``min``/``max`` bound numeric columns (inclusive); ``nullable=False`` refuses nulls and NaN;
+    ``categories`` lists the values a ``string`` column may hold (``None``: any).
     """
 
     name: str
@@ -80,6 +87,7 @@ class Field(_Spec):
     nullable: bool = True
     min: float | None = None
     max: float | None = None
+    categories: list[str] | None = None
 
     @field_validator("name")
     @classmethod
@@ -95,6 +103,13 @@ class Field(_Spec):
             raise ValueError(f"min/max apply to int64 and float64 columns, not {self.dtype}")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min} is greater than max {self.max}")
+        if self.categories is not None:
+            if self.dtype != "string":
+                raise ValueError(f"categories apply to string columns, not {self.dtype}")
+            if not self.categories:
+                raise ValueError("categories must list at least one value (or be None)")
+            if len(set(self.categories)) != len(self.categories):
+                raise ValueError(f"duplicate categories in {self.categories}")
         return self
 
 
@@ -102,7 +117,11 @@ class Source(_Spec):
     """A dataset ingested into the offline store, with its schema.
 
     ``timestamp_field`` (a ``timestamp`` column, never null) is the event time checked against
-    ``now + max_future_skew`` on ingestion; ``None`` marks a static table.
+    ``now + max_future_skew`` on ingestion; ``None`` marks a static table. ``key_fields`` (with
+    the timestamp field) identify a row: they are never null, string keys are checked like
+    entity keys, and of rows repeating them within one batch only the last is kept.
+    ``on_invalid`` says what happens to a batch with invalid rows: ``"reject"`` refuses it whole,
+    ``"quarantine"`` commits the valid rows; both record the invalid rows in the quarantine.
     """
 
     kind: Literal["source"] = "source"
@@ -111,6 +130,8 @@ class Source(_Spec):
     timestamp_field: str | None = None
     max_future_skew: timedelta = timedelta(minutes=5)
     description: str = ""
+    on_invalid: Literal["reject", "quarantine"] = "reject"
+    key_fields: list[str] = PydanticField(default_factory=list)
 
     _name = field_validator("name")(_check_name)
 
@@ -130,6 +151,15 @@ class Source(_Spec):
                 )
         if self.max_future_skew < timedelta(0):
             raise ValueError("max_future_skew must not be negative")
+        if len(set(self.key_fields)) != len(self.key_fields):
+            raise ValueError(f"duplicate key_fields in {self.key_fields}")
+        for key in self.key_fields:
+            if self.field(key) is None:
+                raise ValueError(f"key field {key!r} is not a declared field")
+            if key == self.timestamp_field:
+                raise ValueError(
+                    f"key field {key!r} is the timestamp field, which identifies rows already"
+                )
         return self
 
     def field(self, name: str) -> Field | None:
@@ -154,6 +184,8 @@ class FeatureView(_Spec):
 
     ``timestamp_field=None`` makes a static view (the latest ingested row per key wins).
     ``ttl`` bounds how old a value may be at lookup time (inclusive); ``None`` means forever.
+    ``freshness_sla`` is how long after the last materialization the online values still count
+    as fresh (``flywheel features status`` reports ``stale`` beyond it); ``None``: no promise.
     """
 
     kind: Literal["feature_view"] = "feature_view"
@@ -167,6 +199,7 @@ class FeatureView(_Spec):
     description: str = ""
     owner: str = ""
     tags: dict[str, str] = PydanticField(default_factory=dict)
+    freshness_sla: timedelta | None = None
 
     _names = field_validator("name", "entity", "source")(_check_name)
     _key = field_validator("join_key")(_check_column)
@@ -193,6 +226,7 @@ class FeatureView(_Spec):
                 raise ValueError("ttl needs a timestamp_field (static views never expire)")
             if self.ttl <= timedelta(0):
                 raise ValueError("ttl must be positive (or None for no limit)")
+        _check_sla(self.freshness_sla)
         return self
 
     def output_columns(self) -> list[str]:
@@ -205,7 +239,7 @@ class WindowAggregation(_Spec):
 
     Rows with ``t - window < event_ts <= t`` count; nulls in ``column`` (and rows with a null
     event time) are ignored. An empty window gives 0 for ``count``/``sum`` and null for
-    ``mean``/``min``/``max``.
+    ``mean``/``min``/``max``. ``freshness_sla`` is as for :class:`FeatureView`.
     """
 
     kind: Literal["window_aggregation"] = "window_aggregation"
@@ -218,6 +252,7 @@ class WindowAggregation(_Spec):
     function: Literal["count", "sum", "mean", "min", "max"]
     window: timedelta
     description: str = ""
+    freshness_sla: timedelta | None = None
 
     _names = field_validator("name", "entity", "source")(_check_name)
     _cols = field_validator("join_key", "timestamp_field", "column")(_check_column)
@@ -228,6 +263,11 @@ class WindowAggregation(_Spec):
         if value < timedelta(microseconds=1):
             raise ValueError("window must be at least one microsecond")
         return value
+
+    @field_validator("freshness_sla")
+    @classmethod
+    def _sla(cls, value: timedelta | None) -> timedelta | None:
+        return _check_sla(value)
 
     def output_columns(self) -> list[str]:
         """Return the single output column, named after the aggregation."""

@@ -85,6 +85,7 @@ weather_hourly = FeatureView(
     timestamp_field="time_hour",
     features=["temp", "dewp", "humid", "wind_speed", "wind_gust", "precip", "pressure", "visib"],
     ttl=timedelta(hours=3),
+    freshness_sla=timedelta(hours=2),
     description="Latest hourly weather at the origin airport, at most 3 hours old.",
     owner="demo",
 )
@@ -110,6 +111,7 @@ origin_delay_7d = WindowAggregation(
     column="dep_delay",
     function="mean",
     window=timedelta(days=7),
+    freshness_sla=timedelta(hours=1),
     description="Mean departure delay at the origin over the previous 7 days of departures.",
 )
 
@@ -122,6 +124,7 @@ carrier_delay_7d = WindowAggregation(
     column="dep_delay",
     function="mean",
     window=timedelta(days=7),
+    freshness_sla=timedelta(hours=1),
     description="Mean departure delay of the carrier's NYC departures over the previous 7 days.",
 )
 
