@@ -43,16 +43,8 @@ def project_dir(tmp_path: Path) -> Path:
     from flywheel.data.materialize import materialize
 
     root = init_project(tmp_path / "p")
-    defs = root / "definitions.py"
-    text = defs.read_text()
-    assert "ttl=timedelta(hours=3)," in text
-    defs.write_text(
-        text.replace(
-            "ttl=timedelta(hours=3),",
-            "ttl=timedelta(hours=3),\n    freshness_sla=timedelta(hours=2),",
-            1,
-        )
-    )
+    # The example declares a 2-hour freshness SLA on the weather view.
+    assert "freshness_sla=timedelta(hours=2)," in (root / "definitions.py").read_text()
     project = Project.open(root)
     try:
         source = project.definitions.source("weather")
