@@ -21,11 +21,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from flywheel.storage.sql import Database, open_database
 from flywheel.testing.conformance import ProcessRacer
 from flywheel.testing.postgres import PostgresNotInstalled, PostgresServer
 from flywheel.testing.redis import RedisNotInstalled, RedisServer
+
+# Property tests run on a shared 2-core CI machine: no per-example deadline and no "too slow"
+# health check, so a loaded machine cannot turn a correct property into a failure.
+settings.register_profile(
+    "flywheel", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("flywheel")
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
