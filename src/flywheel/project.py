@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -253,6 +253,40 @@ class Project:
     def definitions(self) -> Definitions:
         """The spec objects declared by the project's definitions module."""
         return load_definitions(Path(self.config.definitions))
+
+    def registered_definitions(self) -> Definitions:
+        """Return the definitions as applied to the metadata store (what servers serve).
+
+        The definitions module is what the user is editing; the store holds what was applied
+        (``flywheel apply``), versioned. Running servers follow the store.
+        """
+        from flywheel.data.specs import spec_from_dict
+
+        return Definitions(
+            tuple(spec_from_dict(d.spec) for d in self.definitions_store.list_definitions())
+        )
+
+    def watch_service(
+        self, name: str
+    ) -> Callable[[], list[FeatureView | WindowAggregation] | None]:
+        """Return a poll function giving the service's views when definitions changed, else None.
+
+        Each call is one indexed query on the event log (definition events after the last seen).
+        """
+        state = {"after": self.events.last_id()}
+
+        def poll() -> list[FeatureView | WindowAggregation] | None:
+            changed = [
+                e
+                for kind in ("definition.applied", "definition.deleted")
+                for e in self.events.list_events(kind=kind, after_id=state["after"], limit=10_000)
+            ]
+            if not changed:
+                return None
+            state["after"] = max(e.id for e in changed)
+            return self.registered_definitions().service(name)[1]
+
+        return poll
 
     def plan(self) -> Plan:
         """Compare the definitions module with the registered definitions."""

@@ -228,3 +228,42 @@ def test_events_tell_the_story(loop: Loop) -> None:
         < kinds.index("model.version_created")
         < kinds.index("alias.moved")
     )
+
+
+def test_an_applied_definition_change_reaches_a_running_server_within_a_second(loop: Loop) -> None:
+    import time
+    from datetime import timedelta
+
+    from flywheel.serving.runtime import handlers_for_project
+
+    # Weather was materialized as of 2013-02-01 00:00; 2.5 h later it is fresh under the 3 h
+    # ttl and expired under 2 h.
+    row = {
+        "carrier": "UA",
+        "origin": "EWR",
+        "tailnum": "N14228",
+        "sched_dep_time": FEB + timedelta(hours=2, minutes=30),
+        "distance": 1400.0,
+    }
+    [handler] = handlers_for_project(loop.project, poll_interval_s=0.1)
+    defs = Path(loop.project.config.definitions)
+    original = defs.read_text()
+    try:
+        assert handler.predict("a", row).feature_status["weather_hourly__temp"] == "present"
+        defs.write_text(original.replace("ttl=timedelta(hours=3)", "ttl=timedelta(hours=2)"))
+        # Editing the module changes nothing served; applying it does.
+        loop.project.__dict__.pop("definitions", None)
+        time.sleep(0.3)
+        assert handler.predict("b", row).feature_status["weather_hourly__temp"] == "present"
+        loop.project.apply(actor="test")
+        deadline = time.monotonic() + 1.0
+        status = "present"
+        while time.monotonic() < deadline and status == "present":
+            time.sleep(0.05)
+            status = handler.predict("c", row).feature_status["weather_hourly__temp"]
+        assert status == "expired"
+    finally:
+        handler.stop()
+        defs.write_text(original)
+        loop.project.__dict__.pop("definitions", None)
+        loop.project.apply(actor="test")

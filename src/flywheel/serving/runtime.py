@@ -5,14 +5,16 @@ the version (digest verified), warms it, and for each request reads every featur
 feature service from the online store in one round trip, computes the request-time features with
 the same functions training used, encodes the row with the model's signature and predicts.
 A background thread re-resolves the alias every ``poll_interval_s`` and swaps the model in
-atomically when it moves, so a rollback is an alias move, not a restart.
+atomically when it moves, so a rollback is an alias move, not a restart. The same thread asks
+``views_source`` (when given) whether the registered definitions changed and swaps in the new
+feature views, so an applied change (a ttl, say) is served within one poll interval.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +58,7 @@ class ModelHandler:
         request_features: Sequence[str],
         timestamp_field: str,
         poll_interval_s: float | None = 1.0,
+        views_source: Callable[[], list[FeatureView | WindowAggregation] | None] | None = None,
     ) -> None:
         self._name = name
         self.model_name = model_name
@@ -68,6 +71,7 @@ class ModelHandler:
         self.request_features = list(request_features)
         self.timestamp_field = timestamp_field
         self.poll_interval_s = poll_interval_s
+        self.views_source = views_source
         self._model: LoadedModel | None = None
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
@@ -116,6 +120,17 @@ class ModelHandler:
         self.load()
         return True
 
+    def refresh_definitions(self) -> bool:
+        """Swap in the feature views when the registered definitions changed; True on a swap."""
+        if self.views_source is None:
+            return False
+        views = self.views_source()
+        if views is None:
+            return False
+        self.views = list(views)  # one reference assignment: a request sees old or new, whole
+        log.info("deployment %s now serves definitions %s", self._name, [v.name for v in views])
+        return True
+
     def start(self) -> None:
         """Load the model and start following the alias in the background."""
         self.load()
@@ -138,8 +153,9 @@ class ModelHandler:
         while not self._stop.wait(self.poll_interval_s):
             try:
                 self.refresh()
-            except Exception:  # keep serving the loaded version; the next poll retries
-                log.exception("alias refresh failed for deployment %s", self._name)
+                self.refresh_definitions()
+            except Exception:  # keep serving what is loaded; the next poll retries
+                log.exception("refresh failed for deployment %s", self._name)
 
     def features_for(self, row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         """Look up online features and compute request-time features for one request row."""
@@ -148,7 +164,8 @@ class ModelHandler:
         at = row[self.timestamp_field]
         if not isinstance(at, datetime):
             raise ValidationError(self.timestamp_field, "expected a timestamp")
-        keys = [(view, str(row[view.join_key])) for view in self.views]
+        views = self.views
+        keys = [(view, str(row[view.join_key])) for view in views]
         results = self.online.read_many(keys, at=at)
         features: dict[str, Any] = {}
         status: dict[str, str] = {}
@@ -184,13 +201,17 @@ class ModelHandler:
 def handlers_for_project(
     project: Project, *, poll_interval_s: float | None = 1.0
 ) -> list[ModelHandler]:
-    """Build and start a handler for every deployment registered in the project."""
+    """Build and start a handler for every deployment registered in the project.
+
+    Feature views come from the registered (applied) definitions, and each handler follows
+    changes to them, as it follows its model alias.
+    """
     from flywheel.errors import NotFound
 
     deployments = project.deployments.list_deployments()
     if not deployments:
         raise NotFound("no deployments are registered (the demo registers 'delays')")
-    defs = project.definitions
+    defs = project.registered_definitions()
     handlers: list[ModelHandler] = []
     for dep in deployments:
         service, views = defs.service(dep.feature_service)
@@ -211,6 +232,7 @@ def handlers_for_project(
             request_features=service.request_features,
             timestamp_field=str(spec["timestamp_field"]),
             poll_interval_s=poll_interval_s,
+            views_source=project.watch_service(dep.feature_service),
         )
         handler.start()
         handlers.append(handler)
