@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from flywheel.data.offline import OfflineStore
 from flywheel.data.retrieval import get_historical_features
 from flywheel.data.specs import FeatureView, Field, Source, WindowAggregation
-from flywheel.errors import NotFound, ValidationError
+from flywheel.errors import InvalidArgument, NotFound, ValidationError
 
 TS = pa.timestamp("us", tz="UTC")
 DAY1 = datetime(2013, 1, 2, tzinfo=UTC)
@@ -211,6 +213,32 @@ def test_pandas_entity_frames_and_iso_strings(offline: OfflineStore) -> None:
     out = get_historical_features(offline, frame, [wx_view()], timestamp_column="t")
     assert out.column("wx__temp").to_pylist() == [1.0, None]
     assert out.column("t").to_pylist() == list(frame["t"])  # input columns untouched
+
+
+def test_entity_rows_from_a_parquet_path_or_a_sql_query(
+    offline: OfflineStore, tmp_path: Path
+) -> None:
+    from flywheel.data.retrieval import EntityQuery
+
+    offline.ingest(WEATHER, weather([("JFK", h(1), 1.0), ("EWR", h(2), 2.0)]), now=DAY1)
+    entity = pa.table(
+        {"origin": ["EWR", "JFK", "EWR"], "event_timestamp": pa.array([h(3), h(2), h(1)], TS)}
+    )
+    expected = get_historical_features(offline, entity, [wx_view()])
+    path = tmp_path / "entities.parquet"
+    pq.write_table(entity, path)
+    assert get_historical_features(offline, path, [wx_view()]).equals(expected)
+    assert get_historical_features(offline, str(path), [wx_view()]).equals(expected)
+
+    # The sources are views inside the query: here, every observation's own time.
+    query = EntityQuery("SELECT origin, ts AS event_timestamp FROM weather ORDER BY ts")
+    out = get_historical_features(offline, query, [wx_view()])
+    assert out.column("wx__temp").to_pylist() == [1.0, 2.0]
+
+    with pytest.raises(InvalidArgument, match="entity query failed"):
+        get_historical_features(offline, EntityQuery("SELECT * FROM nowhere"), [wx_view()])
+    with pytest.raises(InvalidArgument, match="no Parquet"):
+        get_historical_features(offline, tmp_path / "missing.parquet", [wx_view()])
 
 
 @pytest.mark.parametrize(

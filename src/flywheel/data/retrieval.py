@@ -66,6 +66,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flywheel.data.specs import FeatureView, Source, WindowAggregation
@@ -78,7 +79,7 @@ if TYPE_CHECKING:
 
     from flywheel.data.offline import OfflineStore
 
-__all__ = ["View", "get_historical_features"]
+__all__ = ["EntityQuery", "View", "get_historical_features"]
 
 View = FeatureView | WindowAggregation
 
@@ -320,7 +321,7 @@ def build_query(
     return sql, seqs
 
 
-def _as_table(entity_df: Any) -> pa.Table:
+def _as_table(store: OfflineStore, entity_df: Any) -> pa.Table:
     import pyarrow as pa
 
     if isinstance(entity_df, pa.Table):
@@ -329,9 +330,51 @@ def _as_table(entity_df: Any) -> pa.Table:
 
     if isinstance(entity_df, pd.DataFrame):
         return pa.Table.from_pandas(entity_df, preserve_index=False)
+    if isinstance(entity_df, EntityQuery):
+        return _run_entity_query(store, entity_df.sql)
+    if isinstance(entity_df, str | Path):
+        import pyarrow.parquet as pq
+
+        path = Path(entity_df)
+        if not path.exists():
+            raise InvalidArgument(f"entity_df: no Parquet file or directory at {path}")
+        try:
+            table: pa.Table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InvalidArgument(f"entity_df: {path} is not readable Parquet: {exc}") from exc
+        return table
     raise InvalidArgument(
-        f"entity_df must be a pyarrow Table or a pandas DataFrame, got {type(entity_df).__name__}"
+        "entity_df must be a pyarrow Table, a pandas DataFrame, a Parquet path or an"
+        f" EntityQuery, got {type(entity_df).__name__}"
     )
+
+
+@dataclass(frozen=True)
+class EntityQuery:
+    """Entity rows given as a DuckDB SQL query over the offline store's sources.
+
+    Every committed source is visible to the query as a view of its name, e.g.
+    ``EntityQuery("SELECT origin, sched_dep_ts AS event_timestamp FROM flights")``.
+    """
+
+    sql: str
+
+
+def _run_entity_query(store: OfflineStore, sql: str) -> pa.Table:
+    import duckdb
+
+    con = store.connect()
+    try:
+        for name in store.sources():
+            view = quote_ident(name)
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {store.scan(name)}")
+        try:
+            result: pa.Table = con.sql(sql).to_arrow_table()
+        except duckdb.Error as exc:
+            raise InvalidArgument(f"entity_df: the entity query failed: {exc}") from exc
+        return result
+    finally:
+        con.close()
 
 
 def _key_column(store: OfflineStore, view: View, column: Any) -> Any:
@@ -360,7 +403,7 @@ def _key_column(store: OfflineStore, view: View, column: Any) -> Any:
 
 def get_historical_features(
     store: OfflineStore,
-    entity_df: pa.Table | pd.DataFrame,
+    entity_df: pa.Table | pd.DataFrame | str | Path | EntityQuery,
     views: Sequence[View],
     *,
     timestamp_column: str = "event_timestamp",
@@ -369,7 +412,9 @@ def get_historical_features(
 
     Args:
         store: the offline store holding the views' sources.
-        entity_df: one row per lookup: the views' join keys and ``timestamp_column``.
+        entity_df: one row per lookup: the views' join keys and ``timestamp_column``; a pandas
+            DataFrame, an Arrow table, a path to Parquet, or an :class:`EntityQuery` (DuckDB SQL
+            over the store's sources).
         views: feature views and window aggregations, in output order.
         timestamp_column: the column holding each row's lookup time ``t``.
 
@@ -407,7 +452,7 @@ def get_historical_features(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    table = _as_table(entity_df)
+    table = _as_table(store, entity_df)
     names = list(table.column_names)
     if timestamp_column not in names:
         raise ValidationError(timestamp_column, f"missing timestamp column {timestamp_column!r}")
