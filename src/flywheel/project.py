@@ -12,6 +12,7 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from flywheel.control.events import EventLog
     from flywheel.data.offline import OfflineStore
     from flywheel.data.online_base import OnlineStore
+    from flywheel.data.push import PushResult
     from flywheel.data.specs import (
         Entity,
         FeatureService,
@@ -287,6 +289,24 @@ class Project:
             return self.registered_definitions().service(name)[1]
 
         return poll
+
+    def push_rows(self, source: str, rows: list[Any], *, now: datetime | None = None) -> PushResult:
+        """Push JSON-like ``rows`` to a registered source and the views it feeds (online too)."""
+        from flywheel.data.push import push, table_from_rows
+        from flywheel.data.specs import FeatureView, WindowAggregation
+
+        defs = self.registered_definitions()
+        spec = defs.source(source)
+        views = [s for s in defs.specs if isinstance(s, FeatureView | WindowAggregation)]
+        return push(
+            self.offline,
+            self.online,
+            spec,
+            views,
+            table_from_rows(spec, rows),
+            now=now,
+            events=self.events,
+        )
 
     def plan(self) -> Plan:
         """Compare the definitions module with the registered definitions."""

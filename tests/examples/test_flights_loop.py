@@ -267,3 +267,56 @@ def test_an_applied_definition_change_reaches_a_running_server_within_a_second(l
         defs.write_text(original)
         loop.project.__dict__.pop("definitions", None)
         loop.project.apply(actor="test")
+
+
+def test_push_over_http_reaches_offline_and_online_and_needs_the_token(loop: Loop) -> None:
+    from datetime import timedelta
+
+    from flywheel.serving.app import create_app
+    from flywheel.serving.runtime import handlers_for_project
+
+    project = loop.project
+    handlers = handlers_for_project(project, poll_interval_s=None)
+    now = datetime(2013, 2, 9, 12, tzinfo=UTC)
+    app = create_app(
+        {h.name: h for h in handlers},
+        None,
+        admin_token="s3cret",
+        pusher=lambda source, rows: project.push_rows(source, rows, now=now).to_dict(),
+    )
+    row = {
+        "origin": "LGA",
+        "time_hour": "2013-02-09T11:00:00Z",
+        "temp": 12.5,
+        "dewp": 3,
+        "humid": 50.0,
+        "wind_dir": 270.0,
+        "wind_speed": 5.0,
+        "wind_gust": None,
+        "precip": 0.0,
+        "pressure": 1010.0,
+        "visib": 10.0,
+    }
+    url = "/api/v1/sources/weather/push"
+    auth = {"Authorization": "Bearer s3cret"}
+    with TestClient(app) as client:
+        assert client.post(url, json={"rows": [row]}).status_code == 401
+        bad = client.post(url, json={"rows": [{**row, "temp": "warm"}]}, headers=auth)
+        assert bad.status_code == 422 and bad.json()["context"]["field"] == "temp"
+        unknown = client.post(url, json={"rows": [{**row, "snow": 1.0}]}, headers=auth)
+        assert unknown.status_code == 422 and unknown.json()["context"]["field"] == "snow"
+        ok = client.post(url, json={"rows": [row]}, headers=auth)
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["rows"] == 1 and ok.json()["materialized"]["weather_hourly"] >= 1
+        again = client.post(url, json={"rows": [row]}, headers=auth)
+        assert again.json()["skipped"] is True  # the same batch twice is a no-op
+        missing = client.post("/api/v1/sources/nope/push", json={"rows": [row]}, headers=auth)
+        assert missing.status_code == 404
+
+    # Offline: the row is there for point-in-time retrieval. Online: served right away.
+    [result] = project.online.read_many(
+        [(project.definitions.get("feature_view", "weather_hourly"), "LGA")],
+        at=now + timedelta(minutes=30),
+    )
+    assert result.status["temp"] == "present" and result.values["temp"] == 12.5
+    assert project.offline.stats("weather")["columns"]["temp"]["max"] >= 12.5

@@ -148,6 +148,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, allow_remote: 
             log,
             max_body_bytes=cfg.max_body_bytes,
             admin_token=cfg.admin_token,
+            pusher=lambda source, rows: project.push_rows(source, rows).to_dict(),
         )
         click.echo(f"Serving {', '.join(h.name for h in handlers)}")
         run_server(app, host=host or cfg.host, port=port or cfg.port, allow_remote=allow_remote)

@@ -49,7 +49,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from flywheel.errors import BackendUnavailable, FlywheelError, InvalidArgument, NotFound
+from flywheel.errors import (
+    BackendUnavailable,
+    FlywheelError,
+    InvalidArgument,
+    NotFound,
+    ValidationError,
+)
 from flywheel.naming import validate_name
 from flywheel.serving.handler import DeploymentHandler, Prediction
 from flywheel.serving.predlog import PredictionLog, PredictionRecord
@@ -72,6 +78,9 @@ _LOG = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _PREDICT_PATH = "/v1/deployments/{name}/predict"
+# push(source name, rows) -> answer; see flywheel.data.push and Project.push_rows.
+Pusher = Callable[[str, list[Any]], dict[str, Any]]
+
 _PUBLIC_MUTATING_PATHS = frozenset({_PREDICT_PATH})
 _UNKNOWN_DEPLOYMENT = "_unknown"  # never a valid deployment name, so never collides
 _LOGGED_BODY_LIMIT = 16 * 1024
@@ -325,7 +334,9 @@ class _Service:
         body_timeout_s: float,
         max_depth: int,
         clock: Callable[[], datetime],
+        pusher: Pusher | None = None,
     ) -> None:
+        self.pusher = pusher
         self.handlers = dict(handlers)
         self.log = log
         self.max_body_bytes = max_body_bytes
@@ -365,6 +376,27 @@ class _Service:
             for name, handler in sorted(self.handlers.items())
         ]
         return _json_response(200, {"deployments": deployments})
+
+    async def push(self, request: Request) -> Response:
+        """Write pushed rows to a source (offline) and the views it feeds (online)."""
+        name = request.path_params["name"]
+        if self.pusher is None:
+            return _json_response(404, NotFound("this server does not accept pushes").to_dict())
+        try:
+            _check_content_type(request.headers.get("content-type"))
+            body = await _read_body(request, self.max_body_bytes, self.body_timeout_s)
+            decoded = decode_json(body, max_depth=self.max_depth)
+            rows = decoded.get("rows") if isinstance(decoded, dict) else None
+            if not isinstance(rows, list):
+                raise ValidationError("rows", "expected an object with a list of row objects")
+            result = await run_in_threadpool(self.pusher, name, rows)
+        except _Rejected as exc:
+            return _json_response(exc.status, exc.body)
+        except FlywheelError as exc:
+            if exc.http_status >= 500:
+                _LOG.error("push to %s failed", name, exc_info=exc)
+            return _json_response(exc.http_status, exc.to_dict())
+        return _json_response(200, result)
 
     async def render_metrics(self, request: Request) -> Response:
         """Render Prometheus metrics."""
@@ -503,6 +535,7 @@ def create_app(
     max_depth: int = DEFAULT_MAX_DEPTH,
     admin_token: str | None = None,
     clock: Callable[[], datetime] = _utc_now,
+    pusher: Pusher | None = None,
 ) -> Starlette:
     """Build the serving app over ``handlers`` (keyed by deployment name).
 
@@ -510,6 +543,9 @@ def create_app(
         handlers: The deployments to serve; each key must equal its handler's ``name``.
         log: Where every routed request is recorded, or None to record nothing. The caller owns
             it and closes it after the server stops.
+        pusher: ``pusher(source, rows) -> JSON-safe dict`` behind
+            ``POST /api/v1/sources/{name}/push`` (``{"rows": [...]}``), or None (404). The route
+            is mutating: with ``admin_token`` set it needs the bearer token.
         max_body_bytes: Largest request body accepted; larger ones get 413.
         body_timeout_s: How long a client may take to send the body before 408.
         max_depth: Deepest JSON nesting accepted before 400.
@@ -542,6 +578,7 @@ def create_app(
         body_timeout_s=body_timeout_s,
         max_depth=max_depth,
         clock=clock,
+        pusher=pusher,
     )
     table: list[tuple[str, Endpoint, list[str]]] = [
         ("/v2/health/live", service.live, ["GET"]),
@@ -549,6 +586,7 @@ def create_app(
         ("/v1/deployments", service.list_deployments, ["GET"]),
         (_PREDICT_PATH, service.predict, ["POST"]),
         ("/metrics", service.render_metrics, ["GET"]),
+        ("/api/v1/sources/{name}/push", service.push, ["POST"]),
     ]
     routes = []
     for path, endpoint, methods in table:
