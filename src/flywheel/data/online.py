@@ -2,11 +2,12 @@
 
 One row per ``(view, entity_key)`` holds the winner's ``event_ts``, the write time and the values
 as JSON, encoded by :func:`~flywheel.data.online_base.encode_row`; reads apply
-:func:`~flywheel.data.online_base.result_at`. The semantics every backend shares (write-if-newer,
+:func:`~flywheel.data.online_base.results_at`. The semantics every backend shares (write-if-newer,
 statuses, ttl, JSON-safe values) are written down in ``flywheel.data.online_base``.
 
 * A write is one ``BEGIN IMMEDIATE`` transaction: an upsert whose ``WHERE`` keeps the newer row.
-* ``read_many`` is one SQL query, whatever the number of requests.
+* ``read_many`` is one SQL query, whatever the number of requests; it returns every hit in one
+  JSON array, which Python decodes with one ``json.loads``.
 * The database runs in WAL mode with a busy timeout, so readers never block the materializer.
   Per-view materialization watermarks live in the same database and move in the same
   transaction as the values they cover.
@@ -50,7 +51,7 @@ from flywheel.data.online_base import (
     Watermark,
     encode_row,
     from_micros,
-    result_at,
+    results_at,
     to_micros,
 )
 from flywheel.errors import BackendUnavailable
@@ -81,10 +82,18 @@ ON CONFLICT (view, entity_key) DO UPDATE SET
     event_ts = excluded.event_ts, created_ts = excluded.created_ts, payload = excluded.payload
 WHERE excluded.event_ts >= online_features.event_ts
 """
-_READ = """
+_REQUESTS = """
 WITH req(i, view, k) AS (
     SELECT key, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)
 )
+"""
+# One row: the hits as one flat JSON array ``[i, event_ts, payload, ...]`` (``results_at``).
+_READ = f"""{_REQUESTS}
+SELECT '[' || group_concat(req.i || ',' || f.event_ts || ',' || f.payload, ',') || ']'
+FROM req JOIN online_features f ON f.view = req.view AND f.entity_key = req.k
+"""
+# The same hits row by row, for a batch whose array would pass SQLite's string length limit.
+_READ_ROWS = f"""{_REQUESTS}
 SELECT req.i, f.event_ts, f.payload
 FROM req JOIN online_features f ON f.view = req.view AND f.entity_key = req.k
 """
@@ -210,7 +219,13 @@ class SQLiteOnlineStore:
     ) -> list[OnlineResult]:
         """Return one result per ``(view, key)`` request, in order, with one SQL query."""
         at_us = to_micros(at, "at")
+        if not requests:
+            return []
         payload = json.dumps([[view.name, str(key)] for view, key in requests])
         with self._connect() as con:
-            found = {int(i): (ts, text) for i, ts, text in con.execute(_READ, (payload,))}
-        return [result_at(view, found.get(i), at_us) for i, (view, _key) in enumerate(requests)]
+            try:
+                hits: str | None = con.execute(_READ, (payload,)).fetchone()[0]
+            except sqlite3.DataError:  # "string or blob too big": millions of hits
+                rows = con.execute(_READ_ROWS, (payload,))
+                hits = "[" + ",".join(f"{i},{ts},{text}" for i, ts, text in rows) + "]"
+        return results_at(requests, hits, at_us)

@@ -9,9 +9,10 @@ conformance suite (``tests/data/test_data_online.py``) runs against each:
 * writes are write-if-newer, atomically per call: an older ``event_ts`` never overwrites a newer
   one; an equal ``event_ts`` overwrites (it comes from a later ingestion);
 * values are encoded by :func:`encode_row` (``NaN`` becomes null, ``±inf`` is refused,
-  datetimes round-trip) and read back by :func:`result_at`, which applies the offline rule at
-  time ``at`` (see ``flywheel.data.retrieval``): a value stamped after ``at`` is ``missing``, one
-  older than ``at - ttl`` is null with status ``expired``; static views ignore time; a missing
+  datetimes round-trip) and read back by :func:`results_at` (a whole batch, decoded with one
+  ``json.loads``) or :func:`result_at` (one value), which apply the offline rule at time ``at``
+  (see ``flywheel.data.retrieval``): a value stamped after ``at`` is ``missing``, one older than
+  ``at - ttl`` is null with status ``expired``; static views ignore time; a missing
   ``count``/``sum`` aggregation reads as 0, as offline;
 * a per-view :class:`Watermark` moves in the same atomic write as the rows it covers.
 
@@ -58,6 +59,7 @@ __all__ = [
     "from_micros",
     "open_online_store",
     "result_at",
+    "results_at",
     "to_micros",
 ]
 
@@ -141,7 +143,15 @@ def from_micros(value: int) -> datetime:
         >>> from_micros(1000000).isoformat()
         '1970-01-01T00:00:01+00:00'
     """
-    return _EPOCH + timedelta(microseconds=value)
+    try:
+        # Twice as fast as the exact sum below; a float's rounding (beyond 2**53 microseconds,
+        # or at the edges of the datetime range) shows in the microseconds, checked here.
+        fast = datetime.fromtimestamp(value / 1e6, UTC)
+    except (OverflowError, OSError, ValueError):
+        return _EPOCH + timedelta(0, 0, value)
+    if fast.microsecond == value % 1_000_000:
+        return fast
+    return _EPOCH + timedelta(0, 0, value)
 
 
 def _encode(value: Any, name: str) -> Any:
@@ -195,6 +205,42 @@ def _empty(view: View) -> Any:
     return None
 
 
+class _Plan:
+    """What reading one view needs, worked out once per call: columns, rule, empty results."""
+
+    __slots__ = ("cols", "empty", "expired", "missing", "nulls", "present", "timed", "ttl_us")
+
+    def __init__(self, view: View) -> None:
+        self.cols = _columns(view)
+        self.timed = view.timestamp_field is not None
+        ttl = view.ttl if isinstance(view, FeatureView) else None
+        self.ttl_us = None if ttl is None else ttl // timedelta(microseconds=1)
+        empty = _empty(view)
+        # Templates, copied into every result (callers may mutate what they get).
+        self.empty: dict[str, Any] = dict.fromkeys(self.cols, empty)
+        self.nulls: dict[str, Any] = dict.fromkeys(self.cols)
+        self.missing: dict[str, Status] = dict.fromkeys(self.cols, "missing")
+        self.expired: dict[str, Status] = dict.fromkeys(self.cols, "expired")
+        self.present: dict[str, Status] = dict.fromkeys(self.cols, "present")
+
+    def result(
+        self, event_us: int | None, stored: dict[str, Any] | None, at_us: int, plain: bool
+    ) -> OnlineResult:
+        """Apply the read rule; ``plain``: ``stored`` holds no encoded datetime."""
+        if event_us is None or stored is None or (self.timed and event_us > at_us):
+            return OnlineResult(self.empty.copy(), self.missing.copy(), None)
+        event_ts = from_micros(event_us)
+        if self.ttl_us is not None and event_us < at_us - self.ttl_us:
+            return OnlineResult(self.nulls.copy(), self.expired.copy(), event_ts)
+        cols = self.cols
+        if plain and list(stored) == cols:  # the usual case: every feature, in order
+            return OnlineResult(stored, self.present.copy(), event_ts)
+        empty = self.empty
+        values = {c: _decode(stored[c]) if c in stored else empty[c] for c in cols}
+        status: dict[str, Status] = {c: "present" if c in stored else "missing" for c in cols}
+        return OnlineResult(values, status, event_ts)
+
+
 def result_at(view: View, hit: tuple[int, str] | None, at_us: int) -> OnlineResult:
     """Apply the read rule at ``at_us`` to a stored ``(event micros, JSON payload)`` or none.
 
@@ -205,21 +251,56 @@ def result_at(view: View, hit: tuple[int, str] | None, at_us: int) -> OnlineResu
         >>> [result_at(v, (10, '{"temp":1.5}'), at).status["temp"] for at in (9, 15, 16)]
         ['missing', 'present', 'expired']
     """
-    cols = _columns(view)
-    timed = view.timestamp_field is not None
-    if hit is None or (timed and hit[0] > at_us):
-        missing: dict[str, Status] = {c: "missing" for c in cols}
-        return OnlineResult({c: _empty(view) for c in cols}, missing, None)
-    event_us, text = hit
-    event_ts = from_micros(event_us)
-    ttl = view.ttl if isinstance(view, FeatureView) else None
-    if ttl is not None and event_us < at_us - ttl // timedelta(microseconds=1):
-        expired: dict[str, Status] = {c: "expired" for c in cols}
-        return OnlineResult(dict.fromkeys(cols), expired, event_ts)
-    stored = json.loads(text)
-    values = {c: _decode(stored[c]) if c in stored else _empty(view) for c in cols}
-    status: dict[str, Status] = {c: "present" if c in stored else "missing" for c in cols}
-    return OnlineResult(values, status, event_ts)
+    if hit is None:
+        return _Plan(view).result(None, None, at_us, True)
+    return _Plan(view).result(hit[0], json.loads(hit[1]), at_us, False)
+
+
+def _has_datetime(text: str | bytes) -> bool:
+    """Whether JSON ``text`` may hold an encoded datetime (a ``"$ts"`` key, maybe escaped)."""
+    if isinstance(text, bytes):
+        return b"$ts" in text or b"\\u0024" in text
+    return "$ts" in text or "\\u0024" in text
+
+
+def results_at(
+    requests: Sequence[tuple[View, str]], hits: str | bytes | None, at_us: int
+) -> list[OnlineResult]:
+    """Apply the read rule at ``at_us`` to every request of a batch, decoding all at once.
+
+    ``hits`` is one JSON array (or ``None`` for none) holding, flat, ``i, event micros, payload``
+    for each request ``i`` that has a stored value, in any order: each backend builds it from
+    what it stores, so that the whole batch costs one ``json.loads``. A request without a hit
+    is ``missing``.
+
+    Examples:
+        >>> from flywheel.data.specs import FeatureView
+        >>> v = FeatureView(name="wx", entity="airport", join_key="origin", source="weather",
+        ...     timestamp_field="ts", features=["temp"], ttl=timedelta(microseconds=5))
+        >>> rs = results_at([(v, "JFK"), (v, "LGA")], '[1,10,{"temp":1.5}]', 12)
+        >>> [(r.values, r.status) for r in rs]
+        [({'temp': None}, {'temp': 'missing'}), ({'temp': 1.5}, {'temp': 'present'})]
+    """
+    flat: list[Any] = [] if hits is None else json.loads(hits)
+    plain = hits is None or not _has_datetime(hits)
+    plans: dict[int, _Plan] = {}  # by id(view): the views outlive the call
+    out: list[OnlineResult | None] = [None] * len(requests)
+    it = iter(flat)
+    for i, event_us, stored in zip(it, it, it, strict=True):
+        view = requests[i][0]
+        plan = plans.get(id(view))
+        if plan is None:
+            plan = plans[id(view)] = _Plan(view)
+        out[i] = plan.result(event_us, stored, at_us, plain)
+    results: list[OnlineResult] = []
+    for result, (view, _key) in zip(out, requests, strict=True):
+        if result is None:
+            plan = plans.get(id(view))
+            if plan is None:
+                plan = plans[id(view)] = _Plan(view)
+            result = OnlineResult(plan.empty.copy(), plan.missing.copy(), None)
+        results.append(result)
+    return results
 
 
 def open_online_store(uri: str) -> OnlineStore:
