@@ -98,14 +98,36 @@ def apply(ctx: click.Context, dry_run: bool) -> None:
 
 @cli.command()
 @click.argument("source")
-@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("location", required=False)
 @click.option("--batch-id", default=None, help="Idempotency key (default: content hash).")
+@click.option("--postgres", "pg_uri", default=None, help="Read rows from this PostgreSQL URI...")
+@click.option("--query", default=None, help="...with this query (columns named as the source).")
 @click.pass_context
-def ingest(ctx: click.Context, source: str, file: Path, batch_id: str | None) -> None:
-    """Validate FILE (CSV or Parquet) against SOURCE's schema and ingest it."""
+def ingest(
+    ctx: click.Context,
+    source: str,
+    location: str | None,
+    batch_id: str | None,
+    pg_uri: str | None,
+    query: str | None,
+) -> None:
+    """Validate LOCATION (a CSV or Parquet path or s3:// URL) or a PostgreSQL query against
+    SOURCE's schema and ingest it; a bad batch is refused whole, naming the column."""
+    from flywheel.data.sources import PostgresQuery
+    from flywheel.errors import InvalidArgument
+
     project = _project(ctx)
-    spec = project.definitions.get("source", source)
-    result = project.offline.ingest(spec, str(file), batch_id=batch_id, events=project.events)
+    spec = project.definitions.source(source)
+    data: str | PostgresQuery
+    if pg_uri is not None or query is not None:
+        if pg_uri is None or query is None or location is not None:
+            raise InvalidArgument("give either LOCATION, or both --postgres URI and --query SQL")
+        data = PostgresQuery(pg_uri, query)
+    elif location is None:
+        raise InvalidArgument("missing LOCATION (a file path or URL), or --postgres with --query")
+    else:
+        data = location
+    result = project.offline.ingest(spec, data, batch_id=batch_id, events=project.events)
     verb = "already ingested" if result.skipped else "ingested"
     click.echo(f"{source}: batch {result.batch_id} {verb} ({result.rows} rows)")
 

@@ -54,6 +54,7 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -146,7 +147,7 @@ def _digest(table: pa.Table) -> str:
     return hashlib.sha256(sink.getvalue()).hexdigest()
 
 
-def _read_csv(source: Source, path: Path) -> pa.Table:
+def _read_csv(source: Source, path: Path | io.BytesIO) -> pa.Table:
     import re
 
     import pyarrow as pa
@@ -166,8 +167,12 @@ def _read_csv(source: Source, path: Path) -> pa.Table:
         if match:
             import csv as pycsv
 
-            with open(path, newline="") as fh:
-                header = next(pycsv.reader(fh), [])
+            if isinstance(path, Path):
+                with open(path, newline="") as fh:
+                    header = next(pycsv.reader(fh), [])
+            else:
+                first = path.getvalue().split(b"\n", 1)[0].decode("utf-8", "replace")
+                header = next(pycsv.reader([first]), [])
             index = int(match.group(1))
             if index < len(header):
                 field = header[index]
@@ -179,8 +184,25 @@ def _to_table(source: Source, data: Any) -> pa.Table:
 
     if isinstance(data, pa.Table):
         return data
+    from flywheel.data.sources import PostgresQuery, buffer, read_postgres, read_url, url_scheme
+
+    if isinstance(data, PostgresQuery):
+        return read_postgres(source, data)
+    scheme = url_scheme(data)
+    if scheme is not None and scheme != "file":
+        name = str(data).rsplit("/", 1)[-1].lower()
+        if name.endswith(".csv"):
+            return _read_csv(source, buffer(read_url(str(data))))
+        if name.endswith((".parquet", ".pq")):
+            import pyarrow.parquet as pq
+
+            try:
+                return pq.read_table(buffer(read_url(str(data))))
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise ValidationError("data", f"unreadable Parquet file {name}: {exc}") from exc
+        raise InvalidArgument(f"expected a CSV or Parquet file (.csv, .parquet), got {name!r}")
     if isinstance(data, str | Path):
-        path = Path(data)
+        path = Path(str(data).removeprefix("file://"))
         if not path.is_file():
             raise NotFound(f"no file at {path}")
         suffix = path.suffix.lower()
