@@ -15,9 +15,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flywheel.data.online import OnlineRow, SQLiteOnlineStore, Watermark
-from flywheel.data.online_base import OnlineStore, open_online_store
+from flywheel.data.online_base import (
+    OnlineStore,
+    from_micros,
+    open_online_store,
+    results_at,
+    to_micros,
+)
 from flywheel.data.specs import FeatureView, WindowAggregation
 from flywheel.errors import InvalidArgument, ValidationError
 
@@ -422,3 +430,85 @@ def test_two_processes_racing_older_and_newer_events_end_with_the_newest(
         store.close()
     assert [r.values["temp"] for r in results] == [float(n - 1)] * 8
     assert {r.event_ts for r in results} == {T0 + (n - 1) * HOUR}
+
+
+def test_a_batch_read_gives_each_request_what_a_read_of_its_own_gives(
+    online_store: OnlineStore,
+) -> None:
+    # One batch decodes every hit at once: each request must still get its own answer.
+    online = online_store
+    when = datetime(2013, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)
+    online.write(
+        "wx",
+        [
+            OnlineRow("NOW", T0, {"temp": 1.0, "gusts": 2}),
+            OnlineRow("OLD", T0 - 3 * HOUR, {"temp": 3.0, "gusts": 4}),  # expired at T0
+            OnlineRow("LATER", T0 + HOUR, {"temp": 5.0, "gusts": 6}),  # missing at T0
+            OnlineRow("HALF", T0, {"temp": 7.0}),  # gusts was never stored
+            OnlineRow("BACKWARDS", T0, {"gusts": 8, "temp": 9.0}),  # the view's order wins
+            OnlineRow("EXTRA", T0, {"temp": 10.0, "gusts": 11, "gone": 12}),
+            OnlineRow("WHEN", T0, {"temp": when, "gusts": None}),
+        ],
+    )
+    online.write("aircraft", [OnlineRow("N1", T0 + 9 * HOUR, {"seats": 50})])
+    online.write("n_count", [OnlineRow("NOW", T0 - HOUR, {"n_count": 3})])
+    keys = ["NOW", "OLD", "LATER", "HALF", "BACKWARDS", "EXTRA", "WHEN", "NONE"]
+    requests = [(view, key) for key in keys for view in (WX, WX_FOREVER, agg("count"))]
+    requests += [(PLANES, "N1"), (WX, "NOW"), (PLANES, "N2"), (WX, "OLD")]  # again, in turn
+    batch = online.read_many(requests, at=T0)
+    one_by_one = [online.read(view, [key], at=T0)[0] for view, key in requests]
+    assert batch == one_by_one
+    by_request = {
+        (v.name, getattr(v, "ttl", None), k): r for (v, k), r in zip(requests, batch, strict=True)
+    }
+    assert by_request["wx", WX.ttl, "OLD"].status == {"temp": "expired", "gusts": "expired"}
+    assert by_request["wx", WX.ttl, "OLD"].event_ts == T0 - 3 * HOUR
+    assert by_request["wx", None, "OLD"].values == {"temp": 3.0, "gusts": 4}
+    assert by_request["wx", WX.ttl, "LATER"].status == {"temp": "missing", "gusts": "missing"}
+    assert by_request["wx", WX.ttl, "LATER"].event_ts is None
+    half = by_request["wx", WX.ttl, "HALF"]
+    assert half.values == {"temp": 7.0, "gusts": None}
+    assert half.status == {"temp": "present", "gusts": "missing"}
+    assert list(by_request["wx", WX.ttl, "BACKWARDS"].values) == ["temp", "gusts"]
+    assert by_request["wx", WX.ttl, "EXTRA"].values == {"temp": 10.0, "gusts": 11}
+    assert by_request["wx", WX.ttl, "WHEN"].values == {"temp": when, "gusts": None}
+    assert by_request["n_count", None, "NOW"].values == {"n_count": 3}
+    assert by_request["n_count", None, "OLD"].values == {"n_count": 0}
+    assert by_request["aircraft", None, "N1"].status == {"seats": "present"}
+    # Every result owns its dicts: changing one changes no other.
+    batch[0].values["temp"] = -1.0
+    batch[0].status["temp"] = "missing"
+    for result in batch[1:]:
+        assert result.values is not batch[0].values and result.status is not batch[0].status
+    again = online.read_many(requests, at=T0)
+    assert again == one_by_one and all(
+        r.status is not s.status for r, s in zip(again, batch, strict=True)
+    )
+
+
+def test_a_batch_too_long_for_one_sqlite_string_is_read_row_by_row(tmp_path: Path) -> None:
+    # The hits come back as one JSON string; past SQLite's length limit, row by row instead.
+    keys = [f"K{i}" for i in range(20)]
+    with SQLiteOnlineStore(tmp_path / "online.db") as store:
+        store.write("aircraft", [OnlineRow(k, T0, {"seats": i}) for i, k in enumerate(keys)])
+        expected = store.read(PLANES, [*keys, "NONE"], at=T0)
+        store._connection().setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 600)  # the request still fits
+        assert store.read(PLANES, [*keys, "NONE"], at=T0) == expected
+    assert [r.values["seats"] for r in expected] == [*range(20), None]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    micros=st.one_of(
+        st.integers(min_value=to_micros(datetime.min.replace(tzinfo=UTC), "min"), max_value=0),
+        st.integers(min_value=0, max_value=to_micros(datetime.max.replace(tzinfo=UTC), "max")),
+        st.integers(min_value=-(2**53) - 10**7, max_value=-(2**53) + 10**7),
+        st.integers(min_value=2**53 - 10**7, max_value=2**53 + 10**7),
+    )
+)
+def test_event_times_come_back_exact_to_the_microsecond(micros: int) -> None:
+    exact = datetime(1970, 1, 1, tzinfo=UTC) + micros * US
+    assert from_micros(micros) == exact and from_micros(micros).tzinfo is UTC
+    assert to_micros(from_micros(micros), "t") == micros
+    [result] = results_at([(WX_FOREVER, "K")], f'[0,{micros},{{"temp":1.0}}]', micros)
+    assert result.event_ts == exact and result.values == {"temp": 1.0, "gusts": None}

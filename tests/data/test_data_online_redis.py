@@ -152,6 +152,27 @@ def test_a_large_write_is_one_transaction_in_one_round_trip(
     assert store.read(view("wx"), ["K0"], at=T0)[0].values == {"x": -1}
 
 
+def test_a_read_is_one_script_call_in_one_round_trip(
+    store: RedisOnlineStore, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = [f"K{i}" for i in range(300)]
+    store.write("wx", [OnlineRow(k, T0, {"x": i}) for i, k in enumerate(keys)])
+    sent = count_round_trips(monkeypatch)
+    expected = list(range(300))
+    for _ in range(2):  # the first sends the script (EVAL), the next only its hash (EVALSHA)
+        results = store.read(view("wx"), [*keys, "NONE"], at=T0)
+        assert [r.values["x"] for r in results] == [*expected, None]
+    assert len(sent) == 2
+    assert sent[0].startswith(b"*304\r\n$4\r\nEVAL\r\n")
+    assert sent[1].startswith(b"*304\r\n$7\r\nEVALSHA\r\n")
+    # After the server forgets its scripts (restart, SCRIPT FLUSH), the read sends it again.
+    assert redis_server.command("SCRIPT", "FLUSH") == b"+OK"
+    sent.clear()
+    results = store.read(view("wx"), [*keys, "NONE"], at=T0)
+    assert [r.values["x"] for r in results] == [*expected, None]
+    assert [s.split(b"\r\n")[2] for s in sent] == [b"EVALSHA", b"EVAL"]
+
+
 def test_unreachable_server_is_backend_unavailable_with_the_password_masked() -> None:
     url = f"redis://app:s3cret@127.0.0.1:{closed_port()}/0"
     with RedisOnlineStore(url, socket_timeout=1.0) as store:

@@ -25,8 +25,11 @@ concurrent writers in any number of processes can never let an older value win; 
 is written by the last chunk's script. Redis runs a transaction without interleaving other
 clients' commands and replicates it (and appends it to the AOF) as one block, so no reader or
 restart sees a watermark ahead of its rows.
-:meth:`RedisOnlineStore.read_many` is one ``MULTI``/``EXEC`` of ``HMGET`` calls, in one round
-trip: like SQLite's single query it sees a consistent snapshot, never half of a write.
+:meth:`RedisOnlineStore.read_many` is one read-only Lua script (``EVALSHA``; ``EVAL`` the first
+time, and again after the server lost its script cache) that runs ``HMGET`` on every key and
+returns the hits as one JSON array, in one round trip: like SQLite's single query it sees a
+consistent snapshot, never half of a write, and the client decodes the whole batch with one
+``json.loads``.
 
 Operations. Not supported: Redis Cluster (the keys of one write span hash slots); use one
 primary. Run it with ``maxmemory-policy noeviction`` (Flywheel sets no expiry; ttl is applied on
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -66,7 +70,7 @@ from flywheel.data.online_base import (
     Watermark,
     encode_row,
     from_micros,
-    result_at,
+    results_at,
     to_micros,
 )
 from flywheel.errors import BackendUnavailable, ValidationError
@@ -112,6 +116,21 @@ end
 return written
 """
 
+# KEYS: the row hashes of one read. Returns the hits as one JSON array, flat: the request's
+# index (from 0), its ``ts`` and its JSON values, for each key that holds both (``results_at``).
+# Read-only: Redis runs a script whole, so it never sees half of a write.
+_READ_LUA = """
+local out, n = {}, 0
+for i = 1, #KEYS do
+  local row = redis.call('HMGET', KEYS[i], 'ts', 'v')
+  if row[1] and row[2] then
+    n = n + 1
+    out[n] = string.format('%d,%s,%s', i - 1, row[1], row[2])
+  end
+end
+return '[' .. table.concat(out, ',') .. ']'
+"""
+
 
 def mask_url(url: str) -> str:
     """Return ``url`` with its password (in the user part or the query) replaced by ``***``.
@@ -149,6 +168,7 @@ def _check_url(url: str) -> None:
         raise ValidationError("online", _URI_REASON)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # online reads ask for the same keys again and again
 def _key_part(entity_key: str) -> str:
     return base64.urlsafe_b64encode(entity_key.encode()).decode().rstrip("=")
 
@@ -182,6 +202,8 @@ class RedisOnlineStore:
         except ValueError as exc:
             raise ValidationError("online", _URI_REASON) from exc
         self._script = self._client.register_script(_WRITE_LUA)
+        self._read_script = self._client.register_script(_READ_LUA)
+        self._read_loaded = False  # whether the server is known to have it cached
 
     def __repr__(self) -> str:
         return f"RedisOnlineStore({mask_url(self.url)!r}, key_prefix={self.key_prefix!r})"
@@ -285,12 +307,28 @@ class RedisOnlineStore:
         at_us = to_micros(at, "at")
         if not requests:
             return []
-        with self._errors(), self._client.pipeline(transaction=True) as pipe:
-            for view, key in requests:
-                pipe.hmget(self.row_key(view.name, str(key)), ["ts", "v"])
-            replies = pipe.execute()
-        out = []
-        for (view, _key), (ts, text) in zip(requests, replies, strict=True):
-            hit = None if ts is None or text is None else (int(ts), text.decode())
-            out.append(result_at(view, hit, at_us))
-        return out
+        prefix = f"{self.key_prefix}:v:"
+        parts: dict[str, str] = {}  # entity key -> its encoded part (a key comes once per view)
+        keys = []
+        for view, key in requests:
+            key = str(key)
+            part = parts.get(key)
+            if part is None:
+                part = parts[key] = _key_part(key)
+            keys.append(f"{prefix}{view.name}:{part}")
+        with self._errors():
+            hits = self._read_hits(keys)
+        return results_at(requests, hits, at_us)
+
+    def _read_hits(self, keys: list[str]) -> bytes:
+        script = self._read_script
+        if self._read_loaded:
+            try:
+                hits: bytes = self._client.evalsha(script.sha, len(keys), *keys)
+                return hits
+            except redis.exceptions.NoScriptError:
+                pass  # the server lost its script cache (restart, SCRIPT FLUSH): nothing ran
+        # EVAL sends the source and caches it on the server, in one round trip.
+        hits = self._client.eval(_READ_LUA, len(keys), *keys)
+        self._read_loaded = True
+        return hits
