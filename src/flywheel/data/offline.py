@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import io
 import json
@@ -60,7 +59,6 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +70,7 @@ from flywheel.data.stats import batch_stats, merge_stats
 from flywheel.data.validation import BatchCheck, check_batch
 from flywheel.errors import Conflict, InvalidArgument, NotFound, ValidationError
 from flywheel.naming import validate_name
+from flywheel.storage.files import file_lock, fsync_dir
 
 if TYPE_CHECKING:
     import duckdb
@@ -561,26 +560,13 @@ class OfflineStore:
             events.append(kind, f"source/{source_name}", payload)
 
     def _sync_dir(self, path: Path) -> None:
-        if not self.fsync:
-            return
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self.fsync:
+            fsync_dir(path)
 
-    @contextlib.contextmanager
-    def _locked(self, source_name: str, *, blocking: bool = True) -> Iterator[bool]:
-        fd = os.open(self.root / source_name / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)
+    def _locked(
+        self, source_name: str, *, blocking: bool = True
+    ) -> contextlib.AbstractContextManager[bool]:
+        return file_lock(self.root / source_name / ".lock", blocking=blocking)
 
     def _manifest(self, source_name: str) -> dict[str, Any]:
         validate_name("source", source_name)

@@ -40,19 +40,18 @@ Examples:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
 import os
 import uuid
-from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flywheel.naming import validate_name
+from flywheel.storage.files import file_lock, fsync_dir
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -256,23 +255,10 @@ class Quarantine:
     # -- internals -------------------------------------------------------------------------
 
     def _sync_dir(self, path: Path) -> None:
-        if not self.fsync:
-            return
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self.fsync:
+            fsync_dir(path)
 
-    @contextlib.contextmanager
-    def _locked(self, src_dir: Path, *, blocking: bool = True) -> Iterator[bool]:
-        fd = os.open(src_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)
+    def _locked(
+        self, src_dir: Path, *, blocking: bool = True
+    ) -> contextlib.AbstractContextManager[bool]:
+        return file_lock(src_dir / ".lock", blocking=blocking)

@@ -53,6 +53,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from flywheel.errors import InvalidArgument
+from flywheel.storage.files import fsync_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -154,18 +155,6 @@ def _to_table(records: list[PredictionRecord]) -> pa.Table:
         "status": [r.status for r in records],
     }
     return pa.Table.from_pydict(columns, schema=_schema())
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class PredictionLog:
@@ -338,7 +327,7 @@ class PredictionLog:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(temp, final)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except Exception:
             _LOG.exception("could not write prediction log segment %s", final.name)
             with contextlib.suppress(OSError):

@@ -54,6 +54,7 @@ from flywheel.errors import (
     NotFound,
     ValidationError,
 )
+from flywheel.storage.files import fsync_dir
 
 __all__ = [
     "CHUNK_SIZE",
@@ -113,19 +114,8 @@ def write_atomic(path: Path | str, data: bytes) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy_hashing(src: IO[bytes], dst: IO[bytes]) -> str:
@@ -261,7 +251,7 @@ class BlobStore:
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return target
 
     def open_verified(self, digest: str) -> IO[bytes]:
@@ -361,7 +351,7 @@ class BlobStore:
                 final = Path(key)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, final)
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
         finally:
             tmp.unlink(missing_ok=True)
         return digest
