@@ -95,7 +95,10 @@ def reference_static(rows: list[Row], key: str) -> float | None:
 
 def reference_agg(rows: list[Row], key: str, t: datetime, fn: str, window: timedelta) -> Any:
     """Return ``fn`` over the non-null ``n`` of rows with ``t - window < ts <= t``."""
-    values = [r.n for r in rows if r.k == key and t - window < r.ts <= t and r.n is not None]
+    inside = [r for r in rows if r.k == key and t - window < r.ts <= t and r.n is not None]
+    values = [r.n for r in inside]
+    if fn == "last":  # the latest non-null value; ties as for feature views
+        return max(inside, key=lambda r: (r.ts, r.created, r.seq)).n if inside else None
     if fn == "count":
         return len(values)
     if fn == "sum":
@@ -125,7 +128,7 @@ def shared() -> Iterator[tuple[OfflineStore, Iterator[int]]]:
     points=lookups,
     ttl_steps=st.one_of(st.none(), st.integers(1, 4)),
     window_steps=st.integers(1, 5),
-    fn=st.sampled_from(["count", "sum", "mean", "min", "max"]),
+    fn=st.sampled_from(["count", "sum", "mean", "min", "max", "last"]),
 )
 def test_retrieval_matches_reference(
     shared: tuple[OfflineStore, Iterator[int]],

@@ -304,14 +304,17 @@ def test_views_naming_unknown_columns_or_sources_are_refused(offline: OfflineSto
 
 def brute_force(rows: list[dict[str, Any]], view: WindowAggregation, key: str, t: datetime) -> Any:
     """Return the aggregation at ``t`` by looking at every row."""
-    values = [
-        r[view.column]
-        for r in rows
+    qualifying = [
+        (r[view.timestamp_field], order, r[view.column])
+        for order, r in enumerate(rows)  # rows are in ingestion order: later rows win ties
         if r["origin"] == key
         and r[view.timestamp_field] is not None
         and t - view.window < r[view.timestamp_field] <= t
         and r[view.column] is not None
     ]
+    values = [v for _ts, _order, v in qualifying]
+    if view.function == "last":
+        return max(qualifying, key=lambda q: (q[0], q[1]))[2] if qualifying else None
     if view.function == "count":
         return len(values)
     if view.function == "sum":
@@ -369,7 +372,7 @@ def test_window_aggregations_match_brute_force(offline: OfflineStore) -> None:
             function=fn,  # type: ignore[arg-type]
             window=w,
         )
-        for fn in ("count", "sum", "mean", "min", "max")
+        for fn in ("count", "sum", "mean", "min", "max", "last")
         for col in ("temp", "gusts")
         for w in (timedelta(hours=1), timedelta(hours=3), timedelta(hours=24))
         for tsf in ("ts", "obs_ts")

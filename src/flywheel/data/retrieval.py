@@ -16,8 +16,10 @@ For each input row with entity key ``k`` and timestamp ``t``:
   only (aircraft seats), never for anything that could leak the label.
 * **Window aggregations**: ``function`` over the non-null values of ``column`` in the rows of
   ``k`` with ``t - window < event_ts <= t`` (every ingested row counts: rows are events, not
-  versions). An empty window gives 0 for ``count`` and ``sum``, null for ``mean``, ``min`` and
-  ``max``. Rows with a null event time are ignored.
+  versions). ``last`` is the value of the latest row in the window whose ``column`` is not null
+  (ties on ``event_ts`` as for feature views: latest ``_created_ts``, then ``_seq``). An empty
+  window gives 0 for ``count`` and ``sum``, null for ``mean``, ``min``, ``max`` and ``last``.
+  Rows with a null event time are ignored.
 * The result has exactly one row per input row, in input order, with the input columns first and
   then one column per feature: ``f"{view}__{feature}"``, or the aggregation's name.
 * A null key matches nothing. Timestamps are compared at microsecond resolution (finer input is
@@ -232,6 +234,24 @@ def _cumulative_part(i: int, view: WindowAggregation, where: str, dtype: str) ->
     return _Part([pre, run], joins, [f"{value} AS {quote_ident(view.name)}"], "NULL")
 
 
+def _last_part(i: int, view: WindowAggregation, where: str) -> _Part:
+    """``last``: the latest non-null value in the window (ties as for feature views)."""
+    key, ts, col = (
+        quote_ident(view.join_key),
+        quote_ident(view.timestamp_field),
+        quote_ident(view.column),
+    )
+    s = f"s{i}"
+    cte = (
+        f"_fw_s{i} AS (SELECT {key} AS k, {ts} AS ts, {col} AS c0 {where} AND {col} IS NOT NULL "
+        f"QUALIFY row_number() OVER (PARTITION BY {key}, {ts} "
+        f"ORDER BY _created_ts DESC, _seq DESC) = 1)"
+    )
+    join = f"ASOF LEFT JOIN _fw_s{i} {s} ON e.{key} = {s}.k AND e.{_TS} >= {s}.ts"
+    value = f"CASE WHEN {s}.ts > e.{_TS} - {_interval(view.window)} THEN {s}.c0 END"
+    return _Part([cte], [join], [f"{value} AS {quote_ident(view.name)}"], "NULL")
+
+
 def _extreme_part(i: int, view: WindowAggregation, where: str, dtype: str) -> _Part:
     key, ts, col = (
         quote_ident(view.join_key),
@@ -308,6 +328,8 @@ def build_query(
             dtype = spec.field(view.column).dtype  # type: ignore[union-attr]
             if view.function in ("min", "max"):
                 part = _extreme_part(i, view, where, dtype)
+            elif view.function == "last":
+                part = _last_part(i, view, where)
             else:
                 part = _cumulative_part(i, view, where, dtype)
         ctes += part.ctes

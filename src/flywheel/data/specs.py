@@ -249,7 +249,7 @@ class WindowAggregation(_Spec):
     source: str
     timestamp_field: str
     column: str
-    function: Literal["count", "sum", "mean", "min", "max"]
+    function: Literal["count", "sum", "mean", "min", "max", "last"]
     window: timedelta
     description: str = ""
     freshness_sla: timedelta | None = None
