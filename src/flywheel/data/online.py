@@ -46,6 +46,7 @@ from pathlib import Path
 from flywheel.data.online_base import (
     OnlineResult,
     OnlineRow,
+    OnlineStoreBase,
     Status,
     View,
     Watermark,
@@ -100,7 +101,7 @@ FROM req JOIN online_features f ON f.view = req.view AND f.entity_key = req.k
 """
 
 
-class SQLiteOnlineStore:
+class SQLiteOnlineStore(OnlineStoreBase):
     """Online feature values in one SQLite database file (WAL mode).
 
     Each thread gets its own connection, kept open between calls (opening and closing one per
@@ -122,12 +123,6 @@ class SQLiteOnlineStore:
 
     def __repr__(self) -> str:
         return f"SQLiteOnlineStore({str(self.path)!r})"
-
-    def __enter__(self) -> SQLiteOnlineStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the connections this process opened (the store reopens them on next use)."""
@@ -212,10 +207,6 @@ class SQLiteOnlineStore:
                 "SELECT end_ts, seq FROM online_watermarks WHERE view = ?", (view,)
             ).fetchone()
         return None if row is None else Watermark(from_micros(row[0]), int(row[1]))
-
-    def read(self, view: View, keys: Sequence[str], *, at: datetime) -> list[OnlineResult]:
-        """Return the values of ``view`` for each key at time ``at``, in key order."""
-        return self.read_many([(view, k) for k in keys], at=at)
 
     def read_many(
         self, requests: Sequence[tuple[View, str]], *, at: datetime

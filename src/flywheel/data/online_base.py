@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Self
 
 from flywheel.data.specs import FeatureView, WindowAggregation
 from flywheel.data.validation import check_key
@@ -122,6 +122,33 @@ class OnlineStore(Protocol):
     def close(self) -> None:
         """Release connections (the store reconnects on next use)."""
         ...
+
+
+class OnlineStoreBase:
+    """What every backend shares: ``read`` over ``read_many``, and use as a context manager.
+
+    Backends implement ``write``, ``read_many``, ``get_watermark`` and ``close``.
+    """
+
+    def read_many(
+        self, requests: Sequence[tuple[View, str]], *, at: datetime
+    ) -> list[OnlineResult]:
+        """Return one result per ``(view, key)`` request, in order, in one round trip."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections (the store reconnects on next use)."""
+        raise NotImplementedError
+
+    def read(self, view: View, keys: Sequence[str], *, at: datetime) -> list[OnlineResult]:
+        """Return the values of ``view`` for each key at time ``at``, in key order."""
+        return self.read_many([(view, k) for k in keys], at=at)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def to_micros(value: datetime, name: str) -> int:

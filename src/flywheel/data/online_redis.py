@@ -66,6 +66,7 @@ from flywheel.data.online_base import (
     _URI_REASON,
     OnlineResult,
     OnlineRow,
+    OnlineStoreBase,
     View,
     Watermark,
     encode_row,
@@ -173,7 +174,7 @@ def _key_part(entity_key: str) -> str:
     return base64.urlsafe_b64encode(entity_key.encode()).decode().rstrip("=")
 
 
-class RedisOnlineStore:
+class RedisOnlineStore(OnlineStoreBase):
     """Online feature values in Redis, one hash per ``(view, entity key)``.
 
     Args:
@@ -207,12 +208,6 @@ class RedisOnlineStore:
 
     def __repr__(self) -> str:
         return f"RedisOnlineStore({mask_url(self.url)!r}, key_prefix={self.key_prefix!r})"
-
-    def __enter__(self) -> RedisOnlineStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def close(self) -> None:
         """Disconnect the pool's connections (the store reconnects on next use)."""
@@ -295,10 +290,6 @@ class RedisOnlineStore:
         if end is None or seq is None:
             return None
         return Watermark(from_micros(int(end)), int(seq))
-
-    def read(self, view: View, keys: Sequence[str], *, at: datetime) -> list[OnlineResult]:
-        """Return the values of ``view`` for each key at time ``at``, in key order."""
-        return self.read_many([(view, k) for k in keys], at=at)
 
     def read_many(
         self, requests: Sequence[tuple[View, str]], *, at: datetime
