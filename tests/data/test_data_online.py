@@ -486,6 +486,49 @@ def test_a_batch_read_gives_each_request_what_a_read_of_its_own_gives(
     )
 
 
+def test_read_features_gives_read_many_column_by_column(online_store: OnlineStore) -> None:
+    # The columnar read applies the same rule as read_many; only the shape differs.
+    online = online_store
+    when = datetime(2013, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)
+    online.write(
+        "wx",
+        [
+            OnlineRow("NOW", T0, {"temp": 1.0, "gusts": 2}),
+            OnlineRow("OLD", T0 - 3 * HOUR, {"temp": 3.0, "gusts": 4}),  # expired at T0
+            OnlineRow("LATER", T0 + HOUR, {"temp": 5.0, "gusts": 6}),  # missing at T0
+            OnlineRow("HALF", T0, {"temp": 7.0}),
+            OnlineRow("WHEN", T0, {"temp": when, "gusts": None}),
+        ],
+    )
+    online.write("aircraft", [OnlineRow("N1", T0 + 9 * HOUR, {"seats": 50})])
+    online.write("n_count", [OnlineRow("NOW", T0 - HOUR, {"n_count": 3})])
+    origins = ["NOW", "OLD", "LATER", "HALF", "WHEN", "NONE", "NOW"]
+    tails = ["N1", "N2", "N1", "N1", "N2", "N1", "N1"]
+    views = [WX, agg("count"), PLANES]
+    got = online.read_features(views, {"origin": origins, "tailnum": tails}, at=T0)
+    assert len(got) == len(origins)
+    for view in views:
+        keys = tails if view.join_key == "tailnum" else origins
+        expected = online.read(view, keys, at=T0)
+        for feature, column in zip(
+            [c.partition("__")[2] or c for c in view.output_columns()],
+            view.output_columns(),
+            strict=True,
+        ):
+            assert got.columns[column] == [r.values[feature] for r in expected], column
+            assert got.status[column] == [r.status[feature] for r in expected], column
+        assert got.event_ts(view.name) == [r.event_ts for r in expected]
+    assert got.columns["wx__temp"] == [1.0, None, None, 7.0, when, None, 1.0]
+    assert got.status["wx__gusts"][:4] == ["present", "expired", "missing", "missing"]
+    assert got.to_dict()["n_count"] == [3, 0, 0, 0, 0, 0, 3]
+    with pytest.raises(ValidationError, match="tailnum"):
+        online.read_features(views, {"origin": origins}, at=T0)
+    with pytest.raises(ValidationError, match="expected 7"):
+        online.read_features(views, {"origin": origins, "tailnum": tails[:3]}, at=T0)
+    empty = online.read_features(views, {"origin": [], "tailnum": []}, at=T0)
+    assert len(empty) == 0 and empty.columns["wx__temp"] == []
+
+
 def test_a_batch_too_long_for_one_sqlite_string_is_read_row_by_row(tmp_path: Path) -> None:
     # The hits come back as one JSON string; past SQLite's length limit, row by row instead.
     keys = [f"K{i}" for i in range(20)]

@@ -35,24 +35,27 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from flywheel.data.online_base import (
+    OnlineFeatures,
     OnlineResult,
     OnlineRow,
     OnlineStoreBase,
     Status,
     View,
     Watermark,
+    columns_at,
     encode_row,
     from_micros,
-    results_at,
     to_micros,
 )
 from flywheel.errors import BackendUnavailable
@@ -94,6 +97,21 @@ _READ = f"""{_REQUESTS}
 SELECT '[' || group_concat(req.i || ',' || f.event_ts || ',' || f.payload, ',') || ']'
 FROM req JOIN online_features f ON f.view = req.view AND f.entity_key = req.k
 """
+# ``read_features``: one branch per view, each probing the view's keys in order (CROSS JOIN
+# keeps SQLite from scanning the table instead); ``i`` counts keys across views, as
+# ``columns_at`` reads it.
+_BRANCH = (
+    "SELECT ? + j.key AS i, f.event_ts AS t, f.payload AS p FROM json_each(?) j"
+    " CROSS JOIN online_features f ON f.view = ? AND f.entity_key = j.value"
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_groups(n: int) -> str:
+    branches = " UNION ALL ".join([_BRANCH] * n)
+    return f"SELECT '[' || group_concat(i || ',' || t || ',' || p, ',') || ']' FROM ({branches})"
+
+
 # The same hits row by row, for a batch whose array would pass SQLite's string length limit.
 _READ_ROWS = f"""{_REQUESTS}
 SELECT req.i, f.event_ts, f.payload
@@ -208,13 +226,32 @@ class SQLiteOnlineStore(OnlineStoreBase):
             ).fetchone()
         return None if row is None else Watermark(from_micros(row[0]), int(row[1]))
 
-    def read_many(
-        self, requests: Sequence[tuple[View, str]], *, at: datetime
-    ) -> list[OnlineResult]:
-        """Return one result per ``(view, key)`` request, in order, with one SQL query."""
+    def read_features(
+        self, views: Sequence[View], entities: Mapping[str, Sequence[Any]], *, at: datetime
+    ) -> OnlineFeatures:
+        """Return every view's features for the entity rows ``entities``, column by column.
+
+        One SQL query: a branch per view probes that view's keys (see the base class).
+        """
+        groups = self._groups(views, entities)
         at_us = to_micros(at, "at")
-        if not requests:
-            return []
+        params: list[Any] = []
+        start = 0
+        for view, keys in groups:
+            params += [start, json.dumps([str(k) for k in keys]), view.name]
+            start += len(keys)
+        hits: str | None = None
+        if start:
+            with self._connect() as con:
+                try:
+                    hits = con.execute(_read_groups(len(groups)), params).fetchone()[0]
+                except sqlite3.DataError:  # too long for one string: the generic path
+                    requests = [(view, str(key)) for view, keys in groups for key in keys]
+                    hits = self._hits(requests)
+        return columns_at(groups, hits, at_us)
+
+    def _hits(self, requests: Sequence[tuple[View, str]]) -> str | None:
+        """Return the stored hits of ``requests`` (see ``results_at``), with one SQL query."""
         payload = json.dumps([[view.name, str(key)] for view, key in requests])
         with self._connect() as con:
             try:
@@ -222,4 +259,4 @@ class SQLiteOnlineStore(OnlineStoreBase):
             except sqlite3.DataError:  # "string or blob too big": millions of hits
                 rows = con.execute(_READ_ROWS, (payload,))
                 hits = "[" + ",".join(f"{i},{ts},{text}" for i, ts, text in rows) + "]"
-        return results_at(requests, hits, at_us)
+        return hits

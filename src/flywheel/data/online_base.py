@@ -16,6 +16,12 @@ conformance suite (``tests/data/test_data_online.py``) runs against each:
   ``count``/``sum`` aggregation reads as 0, as offline;
 * a per-view :class:`Watermark` moves in the same atomic write as the rows it covers.
 
+Two read shapes share one fetch (each backend's ``_hits``, one round trip): ``read_many`` gives
+an :class:`OnlineResult` per ``(view, key)``, and ``read_features`` gives a model's input for a
+batch of entity rows column by column (:class:`OnlineFeatures`, what Feast's
+``get_online_features(...).to_dict()`` returns), without an object per row: the fast path for
+batch scoring.
+
 :func:`open_online_store` picks the backend from a URI.
 
 Examples:
@@ -38,7 +44,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,12 +55,14 @@ from flywheel.data.validation import check_key
 from flywheel.errors import InvalidArgument, ValidationError
 
 __all__ = [
+    "OnlineFeatures",
     "OnlineResult",
     "OnlineRow",
     "OnlineStore",
     "Status",
     "View",
     "Watermark",
+    "columns_at",
     "encode_row",
     "from_micros",
     "open_online_store",
@@ -89,6 +97,31 @@ class OnlineResult:
 
 
 @dataclass(frozen=True)
+class OnlineFeatures:
+    """Features of a batch of entity rows, column by column, in entity-row order.
+
+    ``columns`` and ``status`` are keyed by output column (``view__feature``, or an
+    aggregation's name); ``event_us`` by view name: each row's stored event time in epoch
+    microseconds (``None`` when missing); :meth:`event_ts` converts one view's to datetimes.
+    """
+
+    columns: dict[str, list[Any]]
+    status: dict[str, list[Status]]
+    event_us: dict[str, list[int | None]]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.event_us.values()), []))
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        """Return the values, one list per output column (a copy of the mapping)."""
+        return dict(self.columns)
+
+    def event_ts(self, view: str) -> list[datetime | None]:
+        """Return ``view``'s stored event times as UTC datetimes (``None`` when missing)."""
+        return [None if us is None else from_micros(us) for us in self.event_us[view]]
+
+
+@dataclass(frozen=True)
 class Watermark:
     """How far a view was materialized: up to ``end``, and ingestion sequences up to ``seq``."""
 
@@ -115,6 +148,12 @@ class OnlineStore(Protocol):
         """Return the values of ``view`` for each key at time ``at``, in key order."""
         ...
 
+    def read_features(
+        self, views: Sequence[View], entities: Mapping[str, Sequence[Any]], *, at: datetime
+    ) -> OnlineFeatures:
+        """Return every view's features for the entity rows ``entities``, column by column."""
+        ...
+
     def get_watermark(self, view: str) -> Watermark | None:
         """Return how far ``view`` was materialized, or ``None`` if it never was."""
         ...
@@ -125,16 +164,65 @@ class OnlineStore(Protocol):
 
 
 class OnlineStoreBase:
-    """What every backend shares: ``read`` over ``read_many``, and use as a context manager.
+    """What every backend shares: the read shapes over one fetch, and use as a context manager.
 
-    Backends implement ``write``, ``read_many``, ``get_watermark`` and ``close``.
+    Backends implement ``_hits`` (one round trip: the stored ``[i, event micros, payload, ...]``
+    of a batch of ``(view, key)`` requests, as ``results_at`` reads it), ``write``,
+    ``get_watermark`` and ``close``.
     """
+
+    def _hits(self, requests: Sequence[tuple[View, str]]) -> str | bytes | None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _groups(
+        views: Sequence[View], entities: Mapping[str, Sequence[Any]]
+    ) -> list[tuple[View, Sequence[Any]]]:
+        """Pair each view with its entity keys, checking that every row has all its keys."""
+        groups: list[tuple[View, Sequence[Any]]] = []
+        rows: int | None = None
+        for view in views:
+            keys = entities.get(view.join_key)
+            if keys is None:
+                raise ValidationError(
+                    view.join_key,
+                    f"view {view.name} needs entity key {view.join_key!r};"
+                    f" given {sorted(entities)}",
+                )
+            if rows is None:
+                rows = len(keys)
+            elif len(keys) != rows:
+                raise ValidationError(
+                    view.join_key, f"{len(keys)} keys, expected {rows} like the other keys"
+                )
+            groups.append((view, keys))
+        return groups
 
     def read_many(
         self, requests: Sequence[tuple[View, str]], *, at: datetime
     ) -> list[OnlineResult]:
         """Return one result per ``(view, key)`` request, in order, in one round trip."""
-        raise NotImplementedError
+        at_us = to_micros(at, "at")
+        if not requests:
+            return []
+        return results_at(requests, self._hits(requests), at_us)
+
+    def read_features(
+        self, views: Sequence[View], entities: Mapping[str, Sequence[Any]], *, at: datetime
+    ) -> OnlineFeatures:
+        """Return every view's features for the entity rows ``entities``, column by column.
+
+        ``entities`` maps each join key the views use to one key per entity row (all of the
+        same length). The rule is ``read_many``'s; all views are fetched in one round trip.
+
+        Raises:
+            ValidationError: a join key missing from ``entities``, or lists of unequal length.
+        """
+        at_us = to_micros(at, "at")
+        groups = self._groups(views, entities)
+        requests = [(view, str(key)) for view, keys in groups for key in keys]
+        hits = self._hits(requests) if requests else None
+        return columns_at(groups, hits, at_us)
 
     def close(self) -> None:
         """Release connections (the store reconnects on next use)."""
@@ -350,6 +438,67 @@ def results_at(
                 plan = plans[id(view)] = _Plan(view)
             out[i] = _result(plan.empty.copy(), plan.missing.copy(), None)
     return out  # type: ignore[return-value]  # every slot filled
+
+
+def columns_at(
+    groups: Sequence[tuple[View, Sequence[Any]]], hits: str | bytes | None, at_us: int
+) -> OnlineFeatures:
+    """Apply the read rule at ``at_us`` to the hits of a batch read view by view, into columns.
+
+    ``groups`` lists each view with its entity keys; the hits' request index ``i`` counts the
+    keys of the first view, then the second's, and so on (as ``read_features`` sends them).
+
+    Examples:
+        >>> from flywheel.data.specs import FeatureView
+        >>> v = FeatureView(name="wx", entity="airport", join_key="origin", source="weather",
+        ...     timestamp_field="ts", features=["temp"], ttl=timedelta(microseconds=5))
+        >>> f = columns_at([(v, ["JFK", "LGA", "EWR"])], '[1,10,{"temp":1.5},2,1,{"temp":2}]', 12)
+        >>> (f.columns, f.status["wx__temp"], f.event_us)
+        ({'wx__temp': [None, 1.5, None]}, ['missing', 'present', 'expired'], {'wx': [None, 10, 1]})
+    """
+    # The hot path of a batch read: plain lists, filled in place.
+    flat: list[Any] = [] if hits is None else json.loads(hits)
+    plain = hits is None or not _has_datetime(hits)
+    columns: dict[str, list[Any]] = {}
+    status: dict[str, list[Status]] = {}
+    event_us: dict[str, list[int | None]] = {}
+    # Per group: (start index, timed, ttl micros, [(feature, values, statuses)], event list).
+    layout: list[tuple[int, bool, int | None, list[tuple[str, list[Any], list[Status]]], Any]] = []
+    owner: list[int] = []
+    start = 0
+    for g, (view, keys) in enumerate(groups):
+        n = len(keys)
+        plan = _Plan(view)
+        outputs = view.output_columns()
+        cols = []
+        for feature, out in zip(plan.cols, outputs, strict=True):
+            values = columns[out] = [plan.empty[feature]] * n
+            statuses: list[Status] = ["missing"] * n
+            status[out] = statuses
+            cols.append((feature, values, statuses))
+        events: list[int | None] = [None] * n
+        event_us[view.name] = events
+        layout.append((start, plan.timed, plan.ttl_us, cols, events))
+        owner.extend([g] * n)
+        start += n
+    it = iter(flat)
+    for i, ev, stored in zip(it, it, it, strict=True):
+        first, timed, ttl_us, cols, events = layout[owner[i]]
+        if timed and ev > at_us:
+            continue  # stamped after ``at``: missing
+        j = i - first
+        events[j] = ev
+        if ttl_us is not None and ev < at_us - ttl_us:
+            for _feature, values, statuses in cols:
+                values[j] = None
+                statuses[j] = "expired"
+            continue
+        for feature, values, statuses in cols:
+            if feature in stored:
+                value = stored[feature]
+                values[j] = value if plain else _decode(value)
+                statuses[j] = "present"
+    return OnlineFeatures(columns, status, event_us)
 
 
 def open_online_store(uri: str) -> OnlineStore:

@@ -64,14 +64,12 @@ from redis.retry import Retry
 
 from flywheel.data.online_base import (
     _URI_REASON,
-    OnlineResult,
     OnlineRow,
     OnlineStoreBase,
     View,
     Watermark,
     encode_row,
     from_micros,
-    results_at,
     to_micros,
 )
 from flywheel.errors import BackendUnavailable, ValidationError
@@ -291,13 +289,8 @@ class RedisOnlineStore(OnlineStoreBase):
             return None
         return Watermark(from_micros(int(end)), int(seq))
 
-    def read_many(
-        self, requests: Sequence[tuple[View, str]], *, at: datetime
-    ) -> list[OnlineResult]:
-        """Return one result per ``(view, key)`` request, in order, in one round trip."""
-        at_us = to_micros(at, "at")
-        if not requests:
-            return []
+    def _hits(self, requests: Sequence[tuple[View, str]]) -> bytes:
+        """Return the stored hits of ``requests`` (see ``results_at``), in one round trip."""
         prefix = f"{self.key_prefix}:v:"
         parts: dict[str, str] = {}  # entity key -> its encoded part (a key comes once per view)
         keys = []
@@ -308,8 +301,7 @@ class RedisOnlineStore(OnlineStoreBase):
                 part = parts[key] = _key_part(key)
             keys.append(f"{prefix}{view.name}:{part}")
         with self._errors():
-            hits = self._read_hits(keys)
-        return results_at(requests, hits, at_us)
+            return self._read_hits(keys)
 
     def _read_hits(self, keys: list[str]) -> bytes:
         script = self._read_script
