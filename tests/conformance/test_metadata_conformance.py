@@ -66,10 +66,10 @@ def test_concurrent_upgrades_of_a_fresh_database(
     metadata_uri: str, process_racer: ProcessRacer
 ) -> None:
     revisions = race_upgrade(metadata_uri, racer=process_racer)
-    assert revisions == ["0001"] * PROCESSES
+    assert revisions == ["0002"] * PROCESSES
     with Database(metadata_uri) as db, db.read() as conn:
         versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-        assert [tuple(v) for v in versions] == [("0001",)]
+        assert [tuple(v) for v in versions] == [("0002",)]
         assert conn.execute(sa.select(sa.func.count()).select_from(schema.events)).scalar() == 0
 
 

@@ -12,6 +12,7 @@ from flywheel.registry.store import ModelRegistry, ModelVersion
 from flywheel.storage.sql import Database
 
 DIGEST = "0123456789abcdef" * 4
+TRAINING_SET = "e" * 64
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def register(registry: ModelRegistry, name: str = "delays", **overrides: Any) ->
         "format": "lightgbm-text",
         "signature": {"inputs": [{"name": "distance", "dtype": "float"}]},
         "metrics": {"auc": 0.81},
-        "lineage": {"run_id": "r1", "training_set": {"digest": "x"}},
+        "lineage": {"run_id": "r1", "training_set": {"digest": TRAINING_SET}},
     }
     args.update(overrides)
     return registry.create_version(name, **args)
@@ -41,7 +42,7 @@ def test_versions_count_up_per_model(registry: ModelRegistry, database: Database
     assert stored == v1
     assert stored.signature == {"inputs": [{"name": "distance", "dtype": "float"}]}
     assert stored.metrics == {"auc": 0.81}
-    assert stored.lineage["training_set"] == {"digest": "x"}
+    assert stored.lineage["training_set"] == {"digest": TRAINING_SET}
     assert (stored.profile_digest, stored.run_id, stored.description) == (
         "f" * 64,
         "abc123",

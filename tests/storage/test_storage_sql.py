@@ -32,6 +32,7 @@ TABLES = {
     "model_versions",
     "model_aliases",
     "deployments",
+    "model_lineage",
 }
 
 
@@ -155,12 +156,12 @@ def test_upgrade_creates_every_table_and_is_idempotent(metadata_uri: str) -> Non
         assert _tables(db) == set()
         db.upgrade()
         assert _tables(db) == TABLES | {"alembic_version"}
-        assert db.current_revision() == db.head_revision() == "0001"
+        assert db.current_revision() == db.head_revision() == "0002"
         with db.write() as conn:
             conn.execute(schema.events.insert().values(_event_row("kept")))
         db.upgrade()
         db.upgrade()
-        assert db.current_revision() == "0001"
+        assert db.current_revision() == "0002"
         with db.read() as conn:
             assert conn.execute(sa.select(schema.events.c.subject)).scalars().all() == ["kept"]
 
@@ -285,7 +286,7 @@ def test_a_database_from_a_newer_flywheel_is_refused(database: Database) -> None
         conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999_future'"))
     with pytest.raises(Conflict, match="9999_future") as info:
         database.upgrade()
-    assert info.value.context["head"] == "0001"
+    assert info.value.context["head"] == "0002"
 
 
 def test_migrations_run_from_a_copied_package_without_alembic_ini(tmp_path: Path) -> None:
@@ -307,7 +308,7 @@ def test_migrations_run_from_a_copied_package_without_alembic_ini(tmp_path: Path
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "0001"
+    assert done.stdout.strip() == "0002"
 
 
 def test_raw_engine_transactions_stay_writable_after_a_read(database: Database) -> None:

@@ -13,6 +13,7 @@ import click
 
 from flywheel._version import __version__
 from flywheel.cli.features import features
+from flywheel.cli.models import models
 from flywheel.errors import FlywheelError
 
 __all__ = ["cli", "main"]
@@ -221,67 +222,6 @@ def events(
         )
 
 
-@cli.group()
-def models() -> None:
-    """Registered models, versions and aliases."""
-
-
-@models.command("list")
-@click.pass_context
-def models_list(ctx: click.Context) -> None:
-    """List registered models with their versions and aliases."""
-    project = _project(ctx.find_root())
-    for name in project.registry.list_models():
-        aliases = project.registry.list_aliases(name)
-        for v in project.registry.list_versions(name):
-            tags = ", ".join(a for a, ver in aliases.items() if ver == v.version)
-            metrics = " ".join(f"{k}={val:.4f}" for k, val in sorted(v.metrics.items()))
-            click.echo(f"{name}/{v.version}  {v.created_at:%Y-%m-%d %H:%M}  [{tags}]  {metrics}")
-
-
-@models.command("show")
-@click.argument("ref")
-@click.pass_context
-def models_show(ctx: click.Context, ref: str) -> None:
-    """Show a model version (NAME/VERSION or NAME@ALIAS): metrics, signature and lineage."""
-    project = _project(ctx.find_root())
-    v = project.registry.resolve(ref)
-    record = {
-        "name": v.name,
-        "version": v.version,
-        "format": v.format,
-        "artifact_digest": v.artifact_digest,
-        "profile_digest": v.profile_digest,
-        "run_id": v.run_id,
-        "created_at": v.created_at.isoformat(),
-        "created_by": v.created_by,
-        "description": v.description,
-        "aliases": sorted(
-            a for a, n in project.registry.list_aliases(v.name).items() if n == v.version
-        ),
-        "metrics": v.metrics,
-        "signature": v.signature,
-        "lineage": v.lineage,
-    }
-    click.echo(json.dumps(record, indent=2, sort_keys=True))
-
-
-@models.command("alias")
-@click.argument("name")
-@click.argument("alias")
-@click.argument("version", type=int)
-@click.option("--reason", default="", help="Why (recorded in the event log).")
-@click.pass_context
-def models_alias(ctx: click.Context, name: str, alias: str, version: int, reason: str) -> None:
-    """Point ALIAS of model NAME at VERSION."""
-    project = _project(ctx.find_root())
-    project.registry.get_version(name, version)
-    previous = project.registry.set_alias(
-        name, alias, version, actor=os.environ.get("USER", "cli"), reason=reason
-    )
-    click.echo(f"{name}@{alias}: {previous} -> {version}")
-
-
 @cli.command()
 @click.option(
     "--dir",
@@ -344,6 +284,7 @@ def demo(directory: Path, json_path: Path | None, requests: int) -> None:
 
 
 cli.add_command(features)
+cli.add_command(models)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,7 @@ __all__ = [
     "json_digest",
     "metadata",
     "model_aliases",
+    "model_lineage",
     "model_versions",
     "registered_models",
     "run_artifacts",
@@ -207,6 +208,9 @@ model_versions = Table(
     Column("description", Text(), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("created_by", String(200), nullable=False),
+    # Lifecycle stage: none, staging, production or archived (the one mutable column; see
+    # flywheel.registry.store for how it stays in step with the same-named aliases).
+    Column("stage", String(16), nullable=False, server_default="none"),
 )
 
 model_aliases = Table(
@@ -217,6 +221,22 @@ model_aliases = Table(
     Column("version", Integer(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     ForeignKeyConstraint(["name", "version"], ["model_versions.name", "model_versions.version"]),
+)
+
+# One row per thing a model version was built from, extracted from its lineage document when the
+# version is registered (flywheel.registry.lineage): what lets "which versions used feature view
+# X version 3" be one indexed query instead of a scan of every lineage document.
+model_lineage = Table(
+    "model_lineage",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("version", Integer(), primary_key=True),
+    Column("kind", String(32), primary_key=True),
+    Column("ref_name", String(128), primary_key=True),
+    Column("ref_version", Integer(), nullable=True),
+    Column("ref_digest", String(64), nullable=True),
+    ForeignKeyConstraint(["name", "version"], ["model_versions.name", "model_versions.version"]),
+    Index(None, "kind", "ref_name", "ref_version"),
 )
 
 deployments = Table(
