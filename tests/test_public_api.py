@@ -38,6 +38,7 @@ def test_public_api_is_pinned() -> None:
         "NotFound",
         "ValidationError",
         "__version__",
+        "models",
     ]
     for name in flywheel.__all__:
         assert hasattr(flywheel, name)

@@ -10,6 +10,7 @@ Importing ``flywheel`` imports no heavy library; each plane imports what it need
 
 from __future__ import annotations
 
+from flywheel import models  # light: ``flywheel.models.load("delays@production")``
 from flywheel._version import __version__
 from flywheel.errors import (
     AlreadyExists,
@@ -36,4 +37,5 @@ __all__ = [
     "NotFound",
     "ValidationError",
     "__version__",
+    "models",
 ]
