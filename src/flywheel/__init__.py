@@ -10,7 +10,6 @@ Importing ``flywheel`` imports no heavy library; each plane imports what it need
 
 from __future__ import annotations
 
-from flywheel import models  # light: ``flywheel.models.load("delays@production")``
 from flywheel._version import __version__
 from flywheel.errors import (
     AlreadyExists,
@@ -39,3 +38,12 @@ __all__ = [
     "__version__",
     "models",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ``flywheel.models`` is imported on first use: ``import flywheel`` stays light.
+    if name == "models":
+        import importlib
+
+        return importlib.import_module("flywheel.models")
+    raise AttributeError(f"module 'flywheel' has no attribute {name!r}")
