@@ -60,7 +60,7 @@ def test_loop_on_postgresql_s3_and_redis(
     try:
         assert project.db.dialect == "postgresql"
         plan = project.apply(actor="test")
-        assert len(plan.added) == 11
+        assert len(plan.added) == 12
         defs = project.definitions
         flights = data.prepare_flights(data.load_flights())
         flights = flights[(flights.sched_dep_ts >= JAN) & (flights.sched_dep_ts < JAN8)]

@@ -8,10 +8,11 @@ what it uses.
 from __future__ import annotations
 
 import importlib.util
+import linecache
 import shutil
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import types
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
@@ -29,9 +30,11 @@ if TYPE_CHECKING:
         Entity,
         FeatureService,
         FeatureView,
+        RequestTransformation,
         Source,
         WindowAggregation,
     )
+    from flywheel.data.transforms import UserTransformation
     from flywheel.registry.store import ModelRegistry
     from flywheel.serving.deployments import DeploymentStore
     from flywheel.storage.blobs import BlobStore
@@ -39,7 +42,9 @@ if TYPE_CHECKING:
     from flywheel.storage.sql import Database
     from flywheel.tracking.store import RunStore
 
-    Spec = Source | Entity | FeatureView | WindowAggregation | FeatureService
+    Spec = (
+        Source | Entity | FeatureView | WindowAggregation | RequestTransformation | FeatureService
+    )
 
 __all__ = ["Definitions", "Project", "init_project"]
 
@@ -59,7 +64,14 @@ serving:
 """
 
 # Order matters for apply: what a definition refers to is registered before it.
-SPEC_KINDS = ("source", "entity", "feature_view", "window_aggregation", "feature_service")
+SPEC_KINDS = (
+    "source",
+    "entity",
+    "feature_view",
+    "window_aggregation",
+    "request_transformation",
+    "feature_service",
+)
 
 
 def init_project(root: Path | str, *, name: str = "flights", force: bool = False) -> Path:
@@ -83,9 +95,14 @@ def init_project(root: Path | str, *, name: str = "flights", force: bool = False
 
 @dataclass(frozen=True)
 class Definitions:
-    """The spec objects a definitions module declares, by kind."""
+    """The spec objects a definitions module declares, by kind.
+
+    ``functions`` holds the module's user-defined request transformations by name (their specs
+    are in ``specs`` too); definitions read back from the metadata store have none.
+    """
 
     specs: tuple[Spec, ...]
+    functions: Mapping[str, UserTransformation] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> list[Spec]:
         """Return the specs of one kind, in declaration order."""
@@ -128,7 +145,60 @@ class Definitions:
                     f"feature service {name!r} references {view_name!r}, which is not defined"
                 )
             views.append(found[0])
+        self.request_transformations(name)  # every request feature must be known
         return service, views
+
+    def request_transformations(self, service_name: str) -> list[RequestTransformation]:
+        """Return the specs of the user-defined request features a service names, in order.
+
+        Built-in transformations (``hour_of_day`` ...) need no spec and are not listed.
+
+        Raises:
+            NotFound: the service, or a request feature it names, is not defined.
+            InvalidArgument: a defined transformation has a built-in's name.
+        """
+        from flywheel.data.specs import FeatureService, RequestTransformation
+        from flywheel.data.transforms import TRANSFORMS
+
+        service = self.get("feature_service", service_name)
+        assert isinstance(service, FeatureService)
+        defined = {s.name: s for s in self.specs if isinstance(s, RequestTransformation)}
+        out: list[RequestTransformation] = []
+        for name in service.request_features:
+            if name in TRANSFORMS:
+                if name in defined:
+                    raise InvalidArgument(
+                        f"request_transformation {name!r} has the name of a built-in"
+                        " transformation; rename it"
+                    )
+                continue
+            if name not in defined:
+                raise NotFound(
+                    f"feature service {service_name!r} names request feature {name!r}, which is"
+                    f" neither a built-in ({', '.join(TRANSFORMS)}) nor a defined"
+                    " request_transformation",
+                    context={"service": service_name, "request_feature": name},
+                )
+            out.append(defined[name])
+        return out
+
+    def transformations(
+        self, service_name: str, functions: Mapping[str, UserTransformation] | None = None
+    ) -> list[UserTransformation]:
+        """Return the service's user-defined request transformations, ready to run.
+
+        Each spec is resolved with ``flywheel.data.transforms.resolve_transformation``: the
+        function comes from ``functions`` (default: this module's own) for functions of the
+        definitions module, else by import path, and its source digest must match the spec's.
+
+        Raises:
+            NotFound: a function cannot be found.
+            Conflict: a function's code differs from the spec's ``code_digest``.
+        """
+        from flywheel.data.transforms import resolve_transformation
+
+        pool = self.functions if functions is None else functions
+        return [resolve_transformation(s, pool) for s in self.request_transformations(service_name)]
 
     def as_triples(self) -> list[tuple[str, str, dict[str, Any]]]:
         """Return ``(kind, name, spec dict)`` for the definition store, in apply order."""
@@ -137,39 +207,56 @@ class Definitions:
 
 
 def load_definitions(path: Path) -> Definitions:
-    """Import the project's definitions module and collect its spec objects.
+    """Execute the project's definitions module and collect its specs and transformations.
 
-    The module is the project's own Python code (as with Feast's repo files) and is executed.
+    The module is the project's own Python code (as with Feast's repo files) and is executed,
+    from its source text every time (never from a cached ``.pyc``, whose staleness check
+    cannot see a same-size edit within a second), under the module name ``__definitions__``
+    (``flywheel.data.transforms.DEFINITIONS_MODULE``), so the function references of the
+    transformations it defines do not depend on where the project lives. The source text is
+    pinned in ``linecache`` so that ``inspect.getsource`` (the transformations' code digests)
+    reads exactly the code that ran.
     """
     from flywheel.data import specs as spec_module
+    from flywheel.data.transforms import DEFINITIONS_MODULE, UserTransformation
 
-    types = (
+    kinds = (
         spec_module.Source,
         spec_module.Entity,
         spec_module.FeatureView,
         spec_module.WindowAggregation,
+        spec_module.RequestTransformation,
         spec_module.FeatureService,
     )
     if not path.is_file():
         raise NotFound(f"definitions module {path} does not exist")
-    mod_name = f"_flywheel_definitions_{abs(hash(str(path)))}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    if spec is None or spec.loader is None:
-        raise InvalidArgument(f"cannot import definitions module {path}")
-    module = importlib.util.module_from_spec(spec)
+    filename = str(path)
     try:
-        spec.loader.exec_module(module)
+        source = importlib.util.decode_source(path.read_bytes())
+        code = compile(source, filename, "exec", dont_inherit=True)
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidArgument(f"{path}: failed to import: {type(exc).__name__}: {exc}") from exc
+    lines = source.splitlines(keepends=True)
+    # mtime None: linecache keeps the entry (no stat check), i.e. the text that was executed.
+    linecache.cache[filename] = (len(source), None, lines, filename)
+    module = types.ModuleType(DEFINITIONS_MODULE, f"Flywheel definitions module {path}")
+    module.__file__ = filename
+    try:
+        exec(code, module.__dict__)
     except Exception as exc:
         raise InvalidArgument(f"{path}: failed to import: {type(exc).__name__}: {exc}") from exc
-    finally:
-        sys.modules.pop(mod_name, None)
-    found: list[Spec] = [v for v in vars(module).values() if isinstance(v, types)]
+    values = list(vars(module).values())
+    found: list[Spec] = [v for v in values if isinstance(v, kinds)]
+    # One object bound to two names (an alias) is one definition.
+    objects = {id(v): v for v in values if isinstance(v, UserTransformation)}
+    found.extend(t.spec for t in objects.values())
+    functions = {t.spec.name: t for t in objects.values()}
     seen: set[tuple[str, str]] = set()
     for s in found:
         if (s.kind, s.name) in seen:
             raise InvalidArgument(f"{path}: two {s.kind} definitions are named {s.name!r}")
         seen.add((s.kind, s.name))
-    return Definitions(tuple(found))
+    return Definitions(tuple(found), functions)
 
 
 class Project:
@@ -267,6 +354,28 @@ class Project:
         return Definitions(
             tuple(spec_from_dict(d.spec) for d in self.definitions_store.list_definitions())
         )
+
+    def serving_transformations(
+        self, service: str, registered: Definitions | None = None
+    ) -> list[UserTransformation]:
+        """Return the applied user-defined request transformations of a service, for serving.
+
+        The specs are the applied ones (``registered``, default: read from the store). Functions
+        of the definitions module come from that module as it is on disk now (executed afresh);
+        others are imported. Each function's source digest must equal the applied spec's.
+
+        Raises:
+            NotFound: a transformation's function cannot be found.
+            Conflict: its code changed since ``flywheel apply`` (both digests in the message).
+        """
+        from flywheel.data.transforms import DEFINITIONS_MODULE
+
+        defs = self.registered_definitions() if registered is None else registered
+        specs = defs.request_transformations(service)
+        functions: Mapping[str, UserTransformation] = {}
+        if any(s.function.partition(":")[0] == DEFINITIONS_MODULE for s in specs):
+            functions = load_definitions(Path(self.config.definitions)).functions
+        return defs.transformations(service, functions)
 
     def watch_service(
         self, name: str

@@ -50,12 +50,12 @@ def test_init_apply_plan_and_events(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     assert main(["--project", str(proj), "apply", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "+ feature_view weather_hourly" in out and "Plan: 11 to add" in out
+    assert "+ feature_view weather_hourly" in out and "Plan: 12 to add" in out
 
     assert main(["--project", str(proj), "apply"]) == 0
     capsys.readouterr()
     assert main(["--project", str(proj), "apply"]) == 0
-    assert "Plan: 0 to add, 0 to change, 0 to remove, 11 unchanged." in capsys.readouterr().out
+    assert "Plan: 0 to add, 0 to change, 0 to remove, 12 unchanged." in capsys.readouterr().out
 
     # Change one view and drop another: the plan says so before anything is written.
     defs = proj / "definitions.py"
@@ -70,7 +70,7 @@ def test_init_apply_plan_and_events(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     assert main(["--project", str(proj), "events", "--kind", "definition.applied"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 12  # 11 first versions + weather_hourly v2
+    assert len(lines) == 13  # 12 first versions + weather_hourly v2
 
 
 def _flights_frame() -> pd.DataFrame:

@@ -155,8 +155,11 @@ def test_package_exports_only_specs_and_stays_light() -> None:
         "FeatureService",
         "FeatureView",
         "Field",
+        "RequestTransformation",
         "Source",
+        "UserTransformation",
         "WindowAggregation",
+        "request_transformation",
         "spec_from_dict",
     ]
     code = (

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from flywheel.data import request_transformation
 from flywheel.errors import DigestMismatch
 from flywheel.project import Project, init_project
 from flywheel.serving.predlog import PredictionLog
@@ -320,3 +321,79 @@ def test_push_over_http_reaches_offline_and_online_and_needs_the_token(loop: Loo
     )
     assert result.status["temp"] == "present" and result.values["temp"] == 12.5
     assert project.offline.stats("weather")["columns"]["temp"]["max"] >= 12.5
+
+
+def test_user_defined_transformation_is_served_logged_and_equal_to_training(
+    loop: Loop, served: tuple[TestClient, PredictionLog]
+) -> None:
+    from flywheel.examples.flights.model import training_frame
+    from flywheel.serving.predlog import predictions_frame
+    from flywheel.serving.runtime import handlers_for_project
+
+    client, log = served
+    resp = client.post("/v1/deployments/delays/predict", json=GOOD)  # 1,400 miles: band 2
+    assert resp.status_code == 200, resp.text
+    log.flush()
+    logged = predictions_frame(Path(loop.project.config.predictions))
+    row = logged[logged["request_id"] == resp.json()["request_id"]]
+    assert row["distance_band"].tolist() == [2]
+
+    # One runner: what training computed for a flight is what the server computes for it.
+    frame = training_frame(loop.project, JAN20, FEB).sample(n=40, random_state=3)
+    assert set(frame["distance_band"]) >= {0, 1, 2}
+    [handler] = handlers_for_project(loop.project, poll_interval_s=None)
+    try:
+        for flight in frame.to_dict("records"):
+            request = {
+                "carrier": flight["carrier"],
+                "origin": flight["origin"],
+                "tailnum": str(flight["tailnum"]),
+                "sched_dep_time": flight["sched_dep_time"].to_pydatetime(),
+                "distance": float(flight["distance"]),
+            }
+            features, _status = handler.features_for(request)
+            assert features["distance_band"] == flight["distance_band"]
+            assert features["hour_of_day"] == flight["hour_of_day"]
+    finally:
+        handler.stop()
+    mv = loop.project.registry.get_version("delays", loop.version)
+    band = loop.project.definitions.get("request_transformation", "distance_band")
+    assert mv.lineage["request_transformations"] == {"distance_band": band.code_digest}
+
+
+@request_transformation(inputs=["distance"], dtype="int64", name="distance_band")
+def exploding_band(distance: float) -> int:
+    raise ZeroDivisionError(f"no band for {distance} miles")
+
+
+def test_a_failing_transformation_answers_422_naming_it(loop: Loop) -> None:
+    from flywheel.examples.flights.model import MODEL_NAME, REQUEST_FIELDS, TIMESTAMP_FIELD
+    from flywheel.serving.app import create_app
+    from flywheel.serving.runtime import ModelHandler
+
+    project = loop.project
+    service, views = project.registered_definitions().service("delay_model")
+    handler = ModelHandler(
+        name="delays",
+        model_name=MODEL_NAME,
+        alias="production",
+        registry=project.registry,
+        blobs=project.blobs,
+        online=project.online,
+        views=views,
+        request_fields=REQUEST_FIELDS,
+        request_features=service.request_features,
+        timestamp_field=TIMESTAMP_FIELD,
+        poll_interval_s=None,
+        transformations=[exploding_band],
+    )
+    handler.start()
+    try:
+        with TestClient(create_app({"delays": handler}, None)) as client:
+            resp = client.post("/v1/deployments/delays/predict", json=GOOD)
+    finally:
+        handler.stop()
+    assert resp.status_code == 422
+    body = resp.json()
+    assert body["context"]["field"] == "distance_band"
+    assert "ZeroDivisionError: no band for 1400.0 miles" in body["message"]

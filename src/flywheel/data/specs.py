@@ -1,5 +1,10 @@
 """Data-plane definitions: sources, entities, feature views, window aggregations, services.
 
+A :class:`RequestTransformation` describes a user-defined request-time transformation: the
+Python function (by ``"module:qualname"``), the request fields it reads, its output dtype and
+the sha256 of its source, so a code change is a changed definition. The function itself lives
+in ``flywheel.data.transforms`` (the ``@request_transformation`` decorator builds the spec).
+
 Specs are pure data: frozen pydantic models that compare by value, do no I/O and round-trip
 through JSON (``model_dump(mode="json")`` / ``model_validate``). Each carries a stable ``kind``
 string so the metadata store can keep versions of them and :func:`spec_from_dict` can rebuild
@@ -40,6 +45,7 @@ __all__ = [
     "FeatureService",
     "FeatureView",
     "Field",
+    "RequestTransformation",
     "Source",
     "Spec",
     "WindowAggregation",
@@ -50,6 +56,10 @@ COLUMN_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
 """Allowed column names. A leading underscore is reserved for stored bookkeeping columns."""
 
 DType = Literal["int64", "float64", "string", "bool", "timestamp"]
+
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+_FUNCTION_REF = re.compile(rf"{_DOTTED}:{_DOTTED}")  # module:qualname, no <locals>
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _check_column(value: str) -> str:
@@ -274,10 +284,62 @@ class WindowAggregation(_Spec):
         return [self.name]
 
 
+class RequestTransformation(_Spec):
+    """A user-defined request-time transformation: a Python function of request fields.
+
+    ``function`` is ``"module:qualname"``; the module ``__definitions__`` is the project's
+    definitions module (``flywheel apply`` executes it under that name). ``inputs`` are the
+    request fields passed to the function, positionally, in order (in training: the entity
+    frame's columns of those names). ``dtype`` is the output's type; ``name`` is its column.
+    ``code_digest`` is the sha256 of the function's source (``inspect.getsource``), so editing
+    the code changes the definition and servers refuse code that differs from what was applied.
+    Build it with ``flywheel.data.transforms.request_transformation`` rather than by hand.
+    """
+
+    kind: Literal["request_transformation"] = "request_transformation"
+    name: str
+    function: str
+    inputs: list[str]
+    dtype: DType
+    code_digest: str
+    description: str = ""
+
+    _name = field_validator("name")(_check_column)
+
+    @field_validator("function")
+    @classmethod
+    def _function(cls, value: str) -> str:
+        if _FUNCTION_REF.fullmatch(value) is None:
+            raise ValueError(
+                f"function {value!r} must be 'module:qualname' of a module-level function"
+            )
+        return value
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("a request transformation needs at least one input")
+        for name in value:
+            _check_column(name)
+        if len(set(value)) != len(value):
+            raise ValueError(f"duplicate inputs in {value}")
+        return value
+
+    @field_validator("code_digest")
+    @classmethod
+    def _digest(cls, value: str) -> str:
+        if _SHA256.fullmatch(value) is None:
+            raise ValueError(f"code_digest {value!r} is not a lowercase hex sha256")
+        return value
+
+
 class FeatureService(_Spec):
     """The feature set a model consumes: ``"view:feature"`` or ``"aggregation"`` entries.
 
-    ``request_features`` names request-time transformations (see ``flywheel.data.transforms``).
+    ``request_features`` names request-time transformations computed from the request: the
+    built-ins of ``flywheel.data.transforms`` (``hour_of_day`` ...) or registered
+    :class:`RequestTransformation` names.
     """
 
     kind: Literal["feature_service"] = "feature_service"
@@ -321,7 +383,7 @@ class FeatureService(_Spec):
 
 
 Spec = Annotated[
-    Source | Entity | FeatureView | WindowAggregation | FeatureService,
+    Source | Entity | FeatureView | WindowAggregation | RequestTransformation | FeatureService,
     PydanticField(discriminator="kind"),
 ]
 
@@ -333,7 +395,7 @@ class _SpecEnvelope(BaseModel):
 
 def spec_from_dict(
     data: dict[str, Any],
-) -> Source | Entity | FeatureView | WindowAggregation | (FeatureService):
+) -> Source | Entity | FeatureView | WindowAggregation | RequestTransformation | FeatureService:
     """Rebuild a spec from its JSON form, choosing the class by ``kind``.
 
     Raises:

@@ -8,10 +8,20 @@ A background thread re-resolves the alias every ``poll_interval_s`` and swaps th
 atomically when it moves, so a rollback is an alias move, not a restart. The same thread asks
 ``views_source`` (when given) whether the registered definitions changed and swaps in the new
 feature views, so an applied change (a ttl, say) is served within one poll interval.
+
+Request features are the built-in transformations of the request timestamp (``hour_of_day``
+...) and user-defined transformations of request fields (``transformations``: functions bound
+to their applied specs, resolved by ``Project.serving_transformations``, which refuses code
+that changed since ``flywheel apply``). They run through ``flywheel.data.transforms``'s
+``apply_transformation``, the same per-row step training uses. A deployment whose request
+fields lack a transformation's inputs is refused when the handler is built. When the
+definitions change, ``transformations_source`` resolves the transformations again and the
+views and transformations are swapped in together, as one reference.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +34,7 @@ from flywheel.serving.handler import Prediction, RequestField
 if TYPE_CHECKING:
     from flywheel.data.online_base import OnlineStore
     from flywheel.data.specs import FeatureView, WindowAggregation
+    from flywheel.data.transforms import UserTransformation
     from flywheel.project import Project
     from flywheel.registry.loader import LoadedModel
     from flywheel.registry.store import ModelRegistry
@@ -39,6 +50,37 @@ def feature_column(view: FeatureView | WindowAggregation, feature: str | None = 
     if view.kind == "window_aggregation":
         return view.name
     return f"{view.name}__{feature}"
+
+
+def _check_request_features(
+    deployment: str,
+    request_features: Sequence[str],
+    transformations: Mapping[str, UserTransformation],
+    request_fields: Sequence[RequestField],
+) -> None:
+    """Refuse request features the deployment cannot compute from its requests."""
+    from flywheel.data.transforms import TRANSFORMS
+
+    fields = [f.name for f in request_fields]
+    for name in request_features:
+        t = transformations.get(name)
+        if t is None:
+            if name not in TRANSFORMS:
+                raise ValidationError(
+                    "request_features",
+                    f"deployment {deployment!r}: request feature {name!r} is neither a built-in"
+                    f" transformation ({', '.join(TRANSFORMS)}) nor one of the user-defined"
+                    f" transformations given ({', '.join(transformations) or 'none'})",
+                )
+            continue
+        absent = [i for i in t.spec.inputs if i not in fields]
+        if absent:
+            raise ValidationError(
+                "request_fields",
+                f"deployment {deployment!r}: request transformation {name!r} reads"
+                f" {absent[0]!r}, which is not one of the deployment's request fields"
+                f" ({', '.join(fields)})",
+            )
 
 
 class ModelHandler:
@@ -59,6 +101,8 @@ class ModelHandler:
         timestamp_field: str,
         poll_interval_s: float | None = 1.0,
         views_source: Callable[[], list[FeatureView | WindowAggregation] | None] | None = None,
+        transformations: Sequence[UserTransformation] = (),
+        transformations_source: Callable[[], Sequence[UserTransformation]] | None = None,
     ) -> None:
         self._name = name
         self.model_name = model_name
@@ -66,12 +110,19 @@ class ModelHandler:
         self.registry = registry
         self.blobs = blobs
         self.online = online
-        self.views = list(views)
         self._request_fields = list(request_fields)
         self.request_features = list(request_features)
         self.timestamp_field = timestamp_field
         self.poll_interval_s = poll_interval_s
         self.views_source = views_source
+        self.transformations_source = transformations_source
+        by_name = {t.name: t for t in transformations}
+        _check_request_features(name, self.request_features, by_name, self._request_fields)
+        # Views and transformations swap together: one reference assignment.
+        self._definitions: tuple[
+            list[FeatureView | WindowAggregation], dict[str, UserTransformation]
+        ] = (list(views), by_name)
+        self._pending_views: list[FeatureView | WindowAggregation] | None = None
         self._model: LoadedModel | None = None
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
@@ -81,6 +132,16 @@ class ModelHandler:
     def name(self) -> str:
         """The deployment's name."""
         return self._name
+
+    @property
+    def views(self) -> list[FeatureView | WindowAggregation]:
+        """The feature views served now."""
+        return self._definitions[0]
+
+    @property
+    def transformations(self) -> dict[str, UserTransformation]:
+        """The user-defined request transformations served now, by name."""
+        return self._definitions[1]
 
     @property
     def request_fields(self) -> Sequence[RequestField]:
@@ -121,14 +182,33 @@ class ModelHandler:
         return True
 
     def refresh_definitions(self) -> bool:
-        """Swap in the feature views when the registered definitions changed; True on a swap."""
+        """Swap in the definitions when the registered ones changed; True on a swap.
+
+        The views come from ``views_source``; the transformations are resolved again through
+        ``transformations_source``. If that fails (the code on disk is not what was applied),
+        the old definitions stay and the next call tries again.
+        """
         if self.views_source is None:
             return False
         views = self.views_source()
-        if views is None:
+        if views is not None:
+            self._pending_views = list(views)
+        if self._pending_views is None:
             return False
-        self.views = list(views)  # one reference assignment: a request sees old or new, whole
-        log.info("deployment %s now serves definitions %s", self._name, [v.name for v in views])
+        by_name = self.transformations
+        if self.transformations_source is not None:
+            by_name = {t.name: t for t in self.transformations_source()}
+            _check_request_features(
+                self._name, self.request_features, by_name, self._request_fields
+            )
+        # One reference assignment: a request sees the old definitions or the new, whole.
+        self._definitions = (self._pending_views, by_name)
+        self._pending_views = None
+        log.info(
+            "deployment %s now serves definitions %s",
+            self._name,
+            [v.name for v in self.views] + list(by_name),
+        )
         return True
 
     def start(self) -> None:
@@ -159,12 +239,12 @@ class ModelHandler:
 
     def features_for(self, row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         """Look up online features and compute request-time features for one request row."""
-        from flywheel.data.transforms import apply_scalar
+        from flywheel.data.transforms import apply_scalar, apply_transformation
 
         at = row[self.timestamp_field]
         if not isinstance(at, datetime):
             raise ValidationError(self.timestamp_field, "expected a timestamp")
-        views = self.views
+        views, transformations = self._definitions
         keys = [(view, str(row[view.join_key])) for view in views]
         results = self.online.read_many(keys, at=at)
         features: dict[str, Any] = {}
@@ -175,7 +255,10 @@ class ModelHandler:
                 features[col] = value
                 status[col] = result.status[feat]
         for name in self.request_features:
-            features[name] = apply_scalar(name, at)
+            user = transformations.get(name)
+            features[name] = (
+                apply_scalar(name, at) if user is None else apply_transformation(user, row)
+            )
         return features, status
 
     def predict(self, request_id: str, row: Mapping[str, Any]) -> Prediction:
@@ -203,8 +286,12 @@ def handlers_for_project(
 ) -> list[ModelHandler]:
     """Build and start a handler for every deployment registered in the project.
 
-    Feature views come from the registered (applied) definitions, and each handler follows
-    changes to them, as it follows its model alias.
+    Feature views and request transformations come from the registered (applied)
+    definitions, and each handler follows changes to them, as it follows its model alias.
+
+    Raises:
+        Conflict: a request transformation's code changed since ``flywheel apply``.
+        ValidationError: a deployment's request fields lack a transformation's inputs.
     """
     from flywheel.errors import NotFound
 
@@ -215,6 +302,7 @@ def handlers_for_project(
     handlers: list[ModelHandler] = []
     for dep in deployments:
         service, views = defs.service(dep.feature_service)
+        transformations = project.serving_transformations(dep.feature_service, defs)
         spec = dep.spec
         fields = [
             RequestField(f["name"], f["dtype"], max_length=int(f.get("max_length", 256)))
@@ -233,6 +321,10 @@ def handlers_for_project(
             timestamp_field=str(spec["timestamp_field"]),
             poll_interval_s=poll_interval_s,
             views_source=project.watch_service(dep.feature_service),
+            transformations=transformations,
+            transformations_source=functools.partial(
+                project.serving_transformations, dep.feature_service
+            ),
         )
         handler.start()
         handlers.append(handler)

@@ -7,8 +7,10 @@ the aircraft's attributes, the origin's recent departure delays and request-time
 
 from __future__ import annotations
 
+import bisect
 from datetime import timedelta
 
+from flywheel.data import request_transformation
 from flywheel.data.specs import (
     Entity,
     FeatureService,
@@ -128,6 +130,16 @@ carrier_delay_7d = WindowAggregation(
     description="Mean departure delay of the carrier's NYC departures over the previous 7 days.",
 )
 
+
+# A request-time transformation: plain Python over request fields, run by the same code in
+# training (per row of the training set) and serving (per request). Its source is hashed, so
+# editing it shows up in `flywheel apply`'s plan, and servers refuse code that was not applied.
+@request_transformation(inputs=["distance"], dtype="int64")
+def distance_band(distance: float) -> int:
+    """Haul band: 0 under 500 miles, 1 under 1,000, 2 under 2,000, 3 from 2,000 miles."""
+    return bisect.bisect_right((500.0, 1000.0, 2000.0), distance)
+
+
 delay_model_features = FeatureService(
     name="delay_model",
     features=[
@@ -136,5 +148,5 @@ delay_model_features = FeatureService(
         "origin_dep_delay_mean_7d",
         "carrier_dep_delay_mean_7d",
     ],
-    request_features=["hour_of_day", "day_of_week"],
+    request_features=["hour_of_day", "day_of_week", distance_band.name],
 )

@@ -407,6 +407,8 @@ def _replay(
         request_features=service.request_features,
         timestamp_field=TIMESTAMP_FIELD,
         poll_interval_s=None,
+        # The applied transformations, resolved as `flywheel serve` does (code digest checked).
+        transformations=project.serving_transformations(service.name),
     )
     handler.start()
     latencies: list[float] = []

@@ -128,18 +128,27 @@ def entity_rows(project: Project, start: datetime, end: datetime) -> pd.DataFram
 
 
 def training_frame(project: Project, start: datetime, end: datetime) -> pd.DataFrame:
-    """Return the point-in-time correct feature frame for flights in ``[start, end)``."""
+    """Return the point-in-time correct feature frame for flights in ``[start, end)``.
+
+    Request features are computed from the entity rows' columns, which carry the request
+    fields' names: built-ins from the timestamp, user-defined transformations through
+    ``apply_transformation_rows`` (the same per-row step the server runs).
+    """
     from flywheel.data.retrieval import get_historical_features
-    from flywheel.data.transforms import apply_vectorized
+    from flywheel.data.transforms import apply_transformation_rows, apply_vectorized
 
     service, views = service_views(project)
+    user = {t.name: t for t in project.definitions.transformations(SERVICE_NAME)}
     entities = entity_rows(project, start, end)
     table = get_historical_features(
         project.offline, entities, views, timestamp_column=TIMESTAMP_FIELD
     )
     frame: pd.DataFrame = table.to_pandas()
     for name in service.request_features:
-        frame[name] = apply_vectorized(name, frame[TIMESTAMP_FIELD])
+        if name in user:
+            frame[name] = apply_transformation_rows(user[name], frame)
+        else:
+            frame[name] = apply_vectorized(name, frame[TIMESTAMP_FIELD])
     return frame
 
 
@@ -246,6 +255,7 @@ def train_and_register(
 
     signature = build_signature(project)
     _service, views = service_views(project)
+    transformations = project.definitions.transformations(SERVICE_NAME)
 
     def training_set(start: datetime, end: datetime) -> dict[str, Any]:
         frame = training_frame(project, start, end)
@@ -306,6 +316,7 @@ def train_and_register(
                 "label": f"{LABEL} = arr_delay > 15",
             },
             "feature_service": {"name": SERVICE_NAME},
+            "request_transformations": {t.name: t.spec.code_digest for t in transformations},
             "feature_views": project.view_versions([v.name for v in views]),
             "sources": {s: project.offline.snapshot(s) for s in ("flights", "weather", "planes")},
         }
