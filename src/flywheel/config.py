@@ -7,6 +7,7 @@ definitions. Relative paths in the file are resolved against the project directo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,7 +15,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from flywheel.errors import InvalidArgument, NotFound, ValidationError
 
-__all__ = ["CONFIG_FILE", "ProjectConfig", "ServingConfig", "load_config"]
+__all__ = ["CONFIG_FILE", "CiConfig", "ProjectConfig", "ServingConfig", "load_config"]
 
 CONFIG_FILE = "flywheel.yaml"
 
@@ -28,6 +29,21 @@ class ServingConfig(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=1 << 20, gt=0)
     admin_token: str | None = None
+
+
+class CiConfig(BaseModel):
+    """What ``flywheel ci`` runs: a job (``"module:attr"``), its gates, where it promotes.
+
+    ``gates`` are rule dicts for :func:`flywheel.training.gates.parse_rules`, e.g.
+    ``{kind: no_regression, metric: auc, tolerance: 0.005}``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    job: str | None = None
+    gates: list[dict[str, Any]] = Field(default_factory=list)
+    promote_to: Literal["staging", "production"] = "staging"
+    max_quarantine_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    report: str = "ci-report.md"
 
 
 class ProjectConfig(BaseModel):
@@ -44,6 +60,7 @@ class ProjectConfig(BaseModel):
     reports: str = "reports"
     definitions: str = "definitions.py"
     serving: ServingConfig = ServingConfig()
+    ci: CiConfig = CiConfig()
     root: Path = Path(".")
 
     def resolved(self, root: Path) -> ProjectConfig:

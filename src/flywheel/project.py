@@ -61,6 +61,15 @@ definitions: definitions.py                    # the module of feature definitio
 serving:
   host: 127.0.0.1
   port: 8000
+ci:                                             # `flywheel ci`: checks, training, gates
+  job: flywheel.examples.flights.ci:FlightsCiJob
+  promote_to: staging                           # a passing candidate's stage
+  gates:                                        # candidate vs production, same holdout
+    - {{kind: metric_threshold, metric: auc, min: 0.62}}
+    - {{kind: no_regression, metric: auc, tolerance: 0.01}}
+    - {{kind: no_regression, metric: logloss, tolerance: 0.01}}
+    - {{kind: slice_check, slice_column: carrier, metric: auc, max_regression: 0.05,
+       min_rows: 300}}
 """
 
 # Order matters for apply: what a definition refers to is registered before it.

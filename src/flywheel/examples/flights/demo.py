@@ -38,7 +38,6 @@ TRAIN_START = datetime(2013, 1, 1, tzinfo=UTC)
 TRAIN_END = datetime(2013, 7, 1, tzinfo=UTC)
 # The challenger retrains on every labelled flight before the holdout (an expanding window: the
 # champion's months plus the five that arrived since), the common default when retraining.
-CHALLENGER_START = TRAIN_START
 HOLDOUT_START = datetime(2013, 12, 1, tzinfo=UTC)
 HOLDOUT_END = datetime(2014, 1, 1, tzinfo=UTC)
 
@@ -119,6 +118,7 @@ def _run(
 ) -> DemoSummary:
 
     from flywheel.control.retrain import (
+        Decision,
         RetrainPolicy,
         auc_gain_interval,
         decide,
@@ -126,6 +126,7 @@ def _run(
     )
     from flywheel.data.materialize import materialize
     from flywheel.examples.flights import data
+    from flywheel.examples.flights.ci import FlightsCiJob
     from flywheel.examples.flights.model import (
         LABEL,
         MODEL_NAME,
@@ -139,6 +140,8 @@ def _run(
     )
     from flywheel.registry.loader import load_model
     from flywheel.tracking.client import TrackingClient
+    from flywheel.training.ci import run_ci
+    from flywheel.training.gates import parse_rules
 
     with steps.step("Apply definitions"):
         plan = project.apply(actor="demo")
@@ -267,55 +270,59 @@ def _run(
                 {"reason": f"{len(drifted)} features drifted", "drifted_features": drifted},
                 actor="controller",
             )
-            challenger = train_and_register(
+            # The challenger goes through the same gates as `flywheel ci`: data checks,
+            # training on January-November, evaluation against production on December, the
+            # project's declared gates; only a candidate that passes is registered (staging).
+            gated = run_ci(
                 project,
-                tracking,
-                start=CHALLENGER_START,
-                end=HOLDOUT_START,
-                run_name="challenger",
-                description="Challenger: trained on January-November 2013",
-                on_step=lambda s: console.print(f"   · {s}"),
-            )
-            challenger_version = challenger.version
-            project.registry.set_alias(
-                MODEL_NAME,
-                "challenger",
-                challenger.version,
+                FlightsCiJob(run_name="challenger"),
+                parse_rules(project.config.ci.gates),
+                tracking=tracking,
+                promote_to="staging",
+                max_quarantine_rate=project.config.ci.max_quarantine_rate,
+                report_path=Path(project.config.reports) / project.config.ci.report,
                 actor="controller",
-                reason="retrained after drift",
+                on_step=lambda s: console.print(f"   · ci: {s}"),
             )
-            chall_model = load_model(
-                project.registry, project.blobs, f"{MODEL_NAME}/{challenger.version}"
-            )
-            chall_eval: Evaluation = evaluate(chall_model.predict, chall_model.signature, holdout)
-            _record_eval(project, challenger.version, chall_eval, "challenger")
-            challenger_auc = chall_eval.auc
-            labels = holdout[LABEL].to_numpy()
-            interval = auc_gain_interval(
-                labels,
-                champ_model.predict(champ_model.signature.to_matrix(holdout)),
-                chall_model.predict(chall_model.signature.to_matrix(holdout)),
-                confidence=policy.confidence,
-                seed=seed,
-            )
-            decision = decide(
-                champion_auc=champ_eval.auc,
-                challenger_auc=chall_eval.auc,
-                policy=policy,
-                gain_interval=interval,
-            )
-            if decision.action == "promote":
-                project.registry.set_alias(
-                    MODEL_NAME,
-                    "production",
-                    challenger.version,
-                    expected_version=champion.version,
-                    actor="controller",
-                    reason=decision.reason,
+            if gated.version is None:
+                refused = [o.rule for o in gated.gates.failures] if gated.gates else []
+                refused += [c.name for c in gated.checks if not c.passed]
+                decision = Decision("keep", f"the challenger failed CI: {', '.join(refused)}")
+            else:
+                challenger = gated.version
+                challenger_version = challenger.version
+                chall_model = load_model(
+                    project.registry, project.blobs, f"{MODEL_NAME}/{challenger.version}"
                 )
+                chall_eval: Evaluation = evaluate(
+                    chall_model.predict, chall_model.signature, holdout
+                )
+                _record_eval(project, challenger.version, chall_eval, "challenger")
+                challenger_auc = chall_eval.auc
+                labels = holdout[LABEL].to_numpy()
+                interval = auc_gain_interval(
+                    labels,
+                    champ_model.predict(champ_model.signature.to_matrix(holdout)),
+                    chall_model.predict(chall_model.signature.to_matrix(holdout)),
+                    confidence=policy.confidence,
+                    seed=seed,
+                )
+                decision = decide(
+                    champion_auc=champ_eval.auc,
+                    challenger_auc=chall_eval.auc,
+                    policy=policy,
+                    gain_interval=interval,
+                )
+                if decision.action == "promote":
+                    project.registry.set_alias(
+                        MODEL_NAME,
+                        "production",
+                        challenger.version,
+                        expected_version=champion.version,
+                        actor="controller",
+                        reason=decision.reason,
+                    )
     else:
-        from flywheel.control.retrain import Decision
-
         decision = Decision("no_retrain", "no feature drifted past the policy threshold")
     project.events.append(
         "decision.made",

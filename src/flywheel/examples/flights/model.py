@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from flywheel.project import Project
     from flywheel.registry.store import ModelVersion
     from flywheel.tracking.client import TrackingClient
+    from flywheel.training.ci import Candidate
 
 __all__ = [
     "CARRIERS",
@@ -239,7 +240,7 @@ def _fit(frame: pd.DataFrame, signature: ModelSignature) -> dict[str, Any]:
     return {"booster": booster, "valid_eval": valid_eval}
 
 
-def train_and_register(
+def train_candidate(
     project: Project,
     tracking: TrackingClient,
     *,
@@ -248,10 +249,19 @@ def train_and_register(
     run_name: str,
     description: str,
     on_step: Callable[[str], None] | None = None,
-) -> ModelVersion:
-    """Run the training pipeline for flights in ``[start, end)`` and register a new version."""
+) -> Candidate:
+    """Run the training pipeline for flights in ``[start, end)``; return the unregistered model.
+
+    The run records params, metrics and artifacts (model text, training set, reference
+    profile); the candidate carries the lineage document a registration needs: run, training
+    set, feature service version, feature view versions, request transformation digests and
+    source snapshots.
+    """
+    import numpy as np
+
     from flywheel.monitoring.profile import build_profile
     from flywheel.registry.loader import LIGHTGBM_TEXT, serialize_lightgbm
+    from flywheel.training.ci import Candidate
 
     signature = build_signature(project)
     _service, views = service_views(project)
@@ -295,17 +305,17 @@ def train_and_register(
         booster = out["booster"]
         valid_eval: Evaluation = out["valid_eval"]
         frame: pd.DataFrame = out["frame"]
-        run.log_metrics(
-            {
-                "valid_auc": valid_eval.auc,
-                "valid_logloss": valid_eval.logloss,
-                "train_rows": float(len(frame)),
-                "best_iteration": float(booster.best_iteration),
-            }
-        )
+        metrics = {
+            "valid_auc": valid_eval.auc,
+            "valid_logloss": valid_eval.logloss,
+            "train_rows": float(len(frame)),
+            "best_iteration": float(booster.best_iteration),
+        }
+        run.log_metrics(metrics)
         model_digest = run.log_artifact("model/model.lgb.txt", serialize_lightgbm(booster))
         run.log_artifact("training_set.parquet", out["training_set_bytes"])
         profile_digest = run.log_artifact("reference_profile.json", out["profile_bytes"])
+        service_version = project.definitions_store.get("feature_service", SERVICE_NAME).version
         lineage = {
             "run_id": run.run_id,
             "training_set": {
@@ -315,20 +325,62 @@ def train_and_register(
                 "end": end.isoformat(),
                 "label": f"{LABEL} = arr_delay > 15",
             },
-            "feature_service": {"name": SERVICE_NAME},
+            "feature_service": {"name": SERVICE_NAME, "version": service_version},
             "request_transformations": {t.name: t.spec.code_digest for t in transformations},
             "feature_views": project.view_versions([v.name for v in views]),
             "sources": {s: project.offline.snapshot(s) for s in ("flights", "weather", "planes")},
         }
-        return project.registry.create_version(
-            MODEL_NAME,
-            artifact_digest=model_digest,
-            format=LIGHTGBM_TEXT,
-            signature=signature.to_dict(),
-            metrics={"valid_auc": valid_eval.auc, "valid_logloss": valid_eval.logloss},
-            lineage=lineage,
-            profile_digest=profile_digest,
-            run_id=run.run_id,
-            description=description,
-            actor="pipeline",
-        )
+
+    def predict(matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(booster.predict(matrix, num_threads=1), dtype=np.float64)
+
+    return Candidate(
+        artifact_digest=model_digest,
+        format=LIGHTGBM_TEXT,
+        signature=signature,
+        predict=predict,
+        run_id=run.run_id,
+        metrics={"valid_auc": valid_eval.auc, "valid_logloss": valid_eval.logloss},
+        lineage=lineage,
+        profile_digest=profile_digest,
+        description=description,
+    )
+
+
+def register(project: Project, candidate: Candidate, *, actor: str = "pipeline") -> ModelVersion:
+    """Register ``candidate`` as the next version of the delays model."""
+    return project.registry.create_version(
+        MODEL_NAME,
+        artifact_digest=candidate.artifact_digest,
+        format=candidate.format,
+        signature=candidate.signature.to_dict(),
+        metrics=candidate.metrics,
+        lineage=candidate.lineage,
+        profile_digest=candidate.profile_digest,
+        run_id=candidate.run_id,
+        description=candidate.description,
+        actor=actor,
+    )
+
+
+def train_and_register(
+    project: Project,
+    tracking: TrackingClient,
+    *,
+    start: datetime,
+    end: datetime,
+    run_name: str,
+    description: str,
+    on_step: Callable[[str], None] | None = None,
+) -> ModelVersion:
+    """Run the training pipeline for flights in ``[start, end)`` and register a new version."""
+    candidate = train_candidate(
+        project,
+        tracking,
+        start=start,
+        end=end,
+        run_name=run_name,
+        description=description,
+        on_step=on_step,
+    )
+    return register(project, candidate)
