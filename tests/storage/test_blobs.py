@@ -204,6 +204,22 @@ def test_put_rewrites_a_blob_of_the_wrong_size(backend: Backend) -> None:
     assert backend.store.get_bytes(digest) == data
 
 
+def test_put_repairs_a_same_size_corruption(backend: Backend, tmp_path: Path) -> None:
+    # A flipped byte keeps the size: storing the bytes again must still repair the blob.
+    data = b"0123456789" * 10
+    digest = backend.store.put_bytes(data)
+    backend.write_raw(digest, _mangled(data))
+    with pytest.raises(DigestMismatch):
+        backend.store.get_bytes(digest)
+    assert backend.store.put_bytes(data) == digest
+    assert backend.store.get_bytes(digest) == data
+    backend.write_raw(digest, _mangled(data))
+    source = tmp_path / "again"
+    source.write_bytes(data)
+    assert backend.store.put_file(source) == digest
+    assert backend.store.get_bytes(digest) == data
+
+
 @pytest.mark.parametrize("tamper", [_mangled, lambda d: d[:-1], lambda d: d + b"!"])
 def test_tampered_blob_is_refused(
     backend: Backend, tmp_path: Path, tamper: Callable[[bytes], bytes]

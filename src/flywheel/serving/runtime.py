@@ -164,7 +164,9 @@ class ModelHandler:
         model = load_model(self.registry, self.blobs, f"{self.model_name}@{self.alias}")
         import numpy as np
 
-        model.predict(np.full((1, len(model.signature.inputs)), np.nan))  # warm-up
+        # Warm-up on zeros, not NaN: models without missing-value support (a scikit-learn
+        # LogisticRegression) would refuse NaN and never become ready.
+        model.predict(np.zeros((1, len(model.signature.inputs))))
         with self._swap_lock:
             previous = self._model
             self._model = model

@@ -181,7 +181,7 @@ class BlobStore:
         digest = hashlib.sha256(data).hexdigest()
         key = self._key(digest)
         with _translate_errors(digest, key):
-            if self._present(key, len(data)):
+            if self._present(key, len(data), digest):
                 return digest
             if self._fs is not None:
                 self._fs.pipe_file(key, bytes(data))
@@ -207,7 +207,7 @@ class BlobStore:
                 digest = _copy_hashing(src, spool)
                 spool.flush()
                 key = self._key(digest)
-                if not self._present(key, os.fstat(spool.fileno()).st_size):
+                if not self._present(key, os.fstat(spool.fileno()).st_size, digest):
                     self._fs.put_file(spool.name, key, chunksize=_S3_PART_SIZE)
         return digest
 
@@ -330,9 +330,19 @@ class BlobStore:
         except FileNotFoundError:
             return None
 
-    def _present(self, key: str, size: int) -> bool:
-        """Return whether ``key`` holds a blob of ``size`` bytes (a wrong size gets rewritten)."""
-        return self._stored_size(key) == size
+    def _present(self, key: str, size: int, digest: str) -> bool:
+        """Return whether ``key`` holds exactly the blob ``digest`` (anything else is rewritten).
+
+        A stored file of the right size is read back and hashed: a same-size corruption (a
+        flipped byte) must be repaired by storing the bytes again, not kept forever.
+        """
+        if self._stored_size(key) != size:
+            return False
+        found = hashlib.sha256()
+        with self._open(key) as stored:
+            while chunk := stored.read(CHUNK_SIZE):
+                found.update(chunk)
+        return found.hexdigest() == digest
 
     def _verify(self, expected: str, actual: str) -> None:
         if actual != expected:
@@ -347,7 +357,7 @@ class BlobStore:
                 out.flush()
                 os.fsync(out.fileno())
             key = self._key(digest)
-            if not self._present(key, tmp.stat().st_size):
+            if not self._present(key, tmp.stat().st_size, digest):
                 final = Path(key)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, final)
