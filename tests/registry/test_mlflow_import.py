@@ -384,3 +384,34 @@ def test_malformed_directories_are_refused(
     with pytest.raises(InvalidArgument, match="pass project, or both registry and blobs"):
         import_mlflow_model(tmp_path / "yaml", "m", registry=registry)
     assert "m" not in registry.list_models()
+
+
+def test_cli_import_mlflow_refuses_a_pickle_without_trust_then_imports_it(
+    model: Any,
+    frame: tuple[pd.DataFrame, np.ndarray],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from flywheel.cli.main import main
+    from flywheel.project import Project, init_project
+
+    root = init_project(tmp_path / "proj")
+    x, _ = frame
+    marker = tmp_path / "marker"
+    evil = write_mlflow_dir(
+        tmp_path / "evil", malicious_pickle(marker), inputs=column_spec(list(x))
+    )
+    assert main(["--project", str(root), "models", "import-mlflow", str(evil), "--name", "m"]) == 2
+    assert "trust" in capsys.readouterr().err and not marker.exists()
+
+    good = write_mlflow_dir(tmp_path / "good", pickle.dumps(model), inputs=column_spec(list(x)))
+    args = ["--project", str(root), "models", "import-mlflow", str(good), "--name", "m"]
+    assert main([*args, "--trust-pickle", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["version"] == 1 and shown["format"] == "sklearn-skops"
+    project = Project.open(root)
+    try:
+        loaded = project.registry.get_version("m", 1)
+        assert loaded.signature["inputs"] == list(x)
+    finally:
+        project.close()

@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -316,3 +317,48 @@ def models_using(
         click.echo(f"{v.ref}  {v.created_at:%Y-%m-%d %H:%M}  {v.stage}")
     if not found:
         click.echo(f"no model version used {kind.replace('_', ' ')} {name!r}", err=True)
+
+
+@models.command("import-mlflow")
+@click.argument("path", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--name", required=True, help="The registered model's name in Flywheel.")
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow MLflow's pickled model to be unpickled once (to convert it to skops).",
+)
+@click.option("--description", default="", help="The version's description.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def models_import_mlflow(
+    ctx: click.Context,
+    path: Path,
+    name: str,
+    trust_pickle: bool,
+    description: str,
+    as_json: bool,
+) -> None:
+    """Register the scikit-learn model of MLflow model directory PATH (stored as skops).
+
+    A pickled model (MLflow's default) is refused unless --trust-pickle is given: unpickling
+    runs code. The registry never stores the pickle.
+    """
+    from flywheel.project import Project
+    from flywheel.registry.mlflow_import import import_mlflow_model
+
+    project = Project.open(ctx.find_root().obj["project_dir"])
+    try:
+        version = import_mlflow_model(
+            path,
+            name,
+            project=project,
+            trust_pickle=trust_pickle,
+            description=description,
+            actor=_actor(),
+        )
+    finally:
+        project.close()
+    if as_json:
+        _echo_json(_summary(version))
+        return
+    click.echo(f"imported {path} as {version.ref} (format {version.format})")
