@@ -70,6 +70,13 @@ def test_ci_registers_a_passing_candidate_then_refuses_a_failing_gate(
         # Lineage reaches the feature service and view versions, both ways.
         assert v1.lineage["feature_service"] == {"name": "delay_model", "version": 1}
         assert v1.lineage["feature_views"]["weather_hourly"] == 1
+        # The run records the training set too: service version, entity digest, time range.
+        assert v1.run_id is not None
+        recorded = project.runs.get_run(v1.run_id).training_set
+        assert recorded is not None and recorded.feature_service == "delay_model"
+        assert recorded.service_version == 1 and recorded.start == JAN
+        assert recorded.entity_digest == v1.lineage["training_set"]["entity_digest"]
+        assert recorded.view_versions == v1.lineage["feature_views"]
         using = project.registry.versions_using("feature_view", "weather_hourly", 1)
         assert [v.version for v in using] == [1]
         project.registry.set_alias("delays", "production", 1, expected_version=None, actor="t")

@@ -49,6 +49,8 @@ MODEL_NAME = "delays"
 SERVICE_NAME = "delay_model"
 LABEL = "delayed"
 TIMESTAMP_FIELD = "sched_dep_time"
+ENTITY_COLUMNS = ("carrier", "origin", "tailnum", "distance")
+"""The entity rows' columns besides the timestamp and the label (see :func:`entity_rows`)."""
 CARRIERS = (
     *("9E", "AA", "AS", "B6", "DL", "EV", "F9", "FL"),
     *("HA", "MQ", "OO", "UA", "US", "VX", "WN", "YV"),
@@ -316,6 +318,17 @@ def train_candidate(
         run.log_artifact("training_set.parquet", out["training_set_bytes"])
         profile_digest = run.log_artifact("reference_profile.json", out["profile_bytes"])
         service_version = project.definitions_store.get("feature_service", SERVICE_NAME).version
+        view_versions = project.view_versions([v.name for v in views])
+        entity_digest, _ = frame_digest(frame[[*ENTITY_COLUMNS, TIMESTAMP_FIELD, LABEL]])
+        run.log_training_set(
+            feature_service=SERVICE_NAME,
+            service_version=service_version,
+            entity_digest=entity_digest,
+            start=start,
+            end=end,
+            rows=len(frame),
+            view_versions=view_versions,
+        )
         lineage = {
             "run_id": run.run_id,
             "training_set": {
@@ -324,10 +337,11 @@ def train_candidate(
                 "start": start.isoformat(),
                 "end": end.isoformat(),
                 "label": f"{LABEL} = arr_delay > 15",
+                "entity_digest": entity_digest,
             },
             "feature_service": {"name": SERVICE_NAME, "version": service_version},
             "request_transformations": {t.name: t.spec.code_digest for t in transformations},
-            "feature_views": project.view_versions([v.name for v in views]),
+            "feature_views": view_versions,
             "sources": {s: project.offline.snapshot(s) for s in ("flights", "weather", "planes")},
         }
 
