@@ -89,6 +89,33 @@ def test_reingesting_a_batch_is_a_no_op(offline: OfflineStore, sink: Any) -> Non
     assert other.batch_id != first.batch_id and not other.skipped
 
 
+def test_the_default_batch_id_ignores_what_arrow_keeps_under_a_null(
+    offline: OfflineStore,
+) -> None:
+    # The same rows, built so that the slot under the null temperature holds NaN in one table
+    # and 0.0 in the other (pandas and Arrow builders differ like this): one batch, not two.
+    import numpy as np
+
+    base = batch([1, 2, 3])
+    temps = pa.array([1.0, None, 3.0])
+    tables = []
+    for under_null in (np.nan, 0.0):
+        values = np.array([1.0, under_null, 3.0])
+        col = pa.Array.from_buffers(
+            pa.float64(), 3, [temps.buffers()[0], pa.py_buffer(values.tobytes())], null_count=1
+        )
+        tables.append(base.set_column(2, "temp", col))
+    sliced = pa.concat_tables([batch([0]), tables[0]]).slice(1)  # an offset into the buffers
+    first = offline.ingest(SOURCE, tables[0], now=NOW)
+    assert offline.ingest(SOURCE, tables[1], now=NOW).skipped
+    assert offline.ingest(SOURCE, sliced, now=NOW).batch_id == first.batch_id
+    assert len(rows(offline)) == 3
+    # A value where the null was is other content.
+    assert not offline.ingest(
+        SOURCE, base.set_column(2, "temp", pa.array([1.0, 0.0, 3.0])), now=NOW
+    ).skipped
+
+
 def test_same_batch_id_with_other_content_is_a_conflict(offline: OfflineStore) -> None:
     offline.ingest(SOURCE, batch([1]), batch_id="hour-1", now=NOW)
     with pytest.raises(Conflict, match="different content"):
