@@ -116,6 +116,43 @@ def test_the_default_batch_id_ignores_what_arrow_keeps_under_a_null(
     ).skipped
 
 
+def test_batches_from_before_digest_v2_are_recognised_when_sent_again(
+    offline: OfflineStore,
+) -> None:
+    # A store written by an older version recorded the IPC-bytes digest (and used it as the
+    # default id). Sending the same content again after the upgrade must be a no-op.
+    import json
+
+    from flywheel.data import offline as offline_module
+    from flywheel.data.validation import check_batch
+
+    table = batch([1, 2])
+    legacy = offline_module._combined_digest(check_batch(SOURCE, table, now=NOW), None, legacy=True)
+    first = offline.ingest(SOURCE, table, now=NOW)
+    named = offline.ingest(SOURCE, batch([5]), batch_id="named", now=NOW)
+    path = offline.root / "weather" / "_manifest.json"
+    # The old store named the batch (and its directory) by the legacy digest.
+    (offline.root / "weather" / f"batch={first.batch_id}").rename(
+        offline.root / "weather" / f"batch={legacy}"
+    )
+    manifest = json.loads(path.read_text().replace(first.batch_id, legacy))
+    for entry in manifest["batches"]:
+        del entry["digest_v"]
+        if entry["batch_id"] == legacy:
+            entry["digest"] = legacy
+        else:
+            one = check_batch(SOURCE, batch([5]), now=NOW)
+            entry["digest"] = offline_module._combined_digest(one, None, legacy=True)
+    path.write_text(json.dumps(manifest))
+    reopened = OfflineStore(offline.root)
+    again = reopened.ingest(SOURCE, table, now=NOW)
+    assert again.skipped and again.batch_id == legacy
+    assert reopened.ingest(SOURCE, batch([5]), batch_id="named", now=NOW).skipped
+    with pytest.raises(Conflict):
+        reopened.ingest(SOURCE, batch([6]), batch_id="named", now=NOW)
+    assert len(rows(reopened)) == 3 and named.rows == 1
+
+
 def test_same_batch_id_with_other_content_is_a_conflict(offline: OfflineStore) -> None:
     offline.ingest(SOURCE, batch([1]), batch_id="hour-1", now=NOW)
     with pytest.raises(Conflict, match="different content"):
@@ -417,7 +454,14 @@ def write_format_1_store(root: Path) -> list[dict[str, Any]]:
     scratch = OfflineStore(root / "scratch", fsync=False)
     scratch.ingest(SOURCE, batch([1, 2]), batch_id="jan1", now=NOW)
     scratch.ingest(SOURCE, batch([48, 50]), batch_id="jan3", now=NOW)
-    digests = [b["digest"] for b in scratch.snapshot("weather")["batches"]]
+    from flywheel.data import offline as offline_module
+    from flywheel.data.validation import check_batch
+
+    # Version 1 stored the digest of the Arrow IPC bytes (digest_v 1, the legacy digest).
+    digests = [
+        offline_module._combined_digest(check_batch(SOURCE, batch(h), now=NOW), None, legacy=True)
+        for h in ([1, 2], [48, 50])
+    ]
     ts = [
         [BASE + timedelta(hours=h) for h in (1, 2)],
         [BASE + timedelta(hours=h) for h in (48, 50)],

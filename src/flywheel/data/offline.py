@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -82,6 +83,7 @@ import os
 import shutil
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -157,12 +159,26 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _combined_digest(check: BatchCheck, records: pa.Table | None) -> str:
-    """Return the batch's content digest: of its valid rows, and of its rejected rows if any."""
-    digest = _digest(check.accepted)
+def _combined_digest(check: BatchCheck, records: pa.Table | None, *, legacy: bool = False) -> str:
+    """Return the batch's content digest: of its valid rows, and of its rejected rows if any.
+
+    ``legacy`` gives the digest stores wrote before ``digest_v`` 2 (of the Arrow IPC bytes),
+    to recognise their batches when they are sent again.
+    """
+    digest = _legacy_digest(check.accepted) if legacy else _digest(check.accepted)
     if records is None:
         return digest
     return hashlib.sha256(f"{digest}:{records_digest(records)}".encode()).hexdigest()
+
+
+def _legacy_digest(table: pa.Table) -> str:
+    """The digest of ``digest_v`` 1 batches: of the Arrow IPC stream of ``table``."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table.combine_chunks())
+    return hashlib.sha256(sink.getvalue()).hexdigest()
 
 
 def _digest(table: pa.Table) -> str:
@@ -640,6 +656,7 @@ class OfflineStore:
         if check.rejected.num_rows:
             records = quarantine_records(raw, check.rejected)
         digest = _combined_digest(check, records)
+        default_id = batch_id is None
         batch_id = batch_id or digest
         rejected, reasons = check.rejected.num_rows, check.reasons
         if records is not None and source.on_invalid == "reject":
@@ -651,7 +668,10 @@ class OfflineStore:
             error = check.error(context=context)
             assert error is not None
             raise error
-        result = self._commit(source, check.accepted, batch_id, digest, now, records, reasons)
+        legacy = functools.cache(lambda: _combined_digest(check, records, legacy=True))
+        result = self._commit(
+            source, check.accepted, batch_id, digest, now, records, reasons, legacy, default_id
+        )
         if not result.skipped:
             payload = {"source": source.name, "batch_id": batch_id, "rows": result.rows}
             payload |= {"rejected": rejected, "reasons": reasons}
@@ -667,8 +687,14 @@ class OfflineStore:
         now: datetime,
         records: pa.Table | None,
         reasons: dict[str, int],
+        legacy: Callable[[], str],
+        default_id: bool,
     ) -> IngestResult:
-        """Publish a validated batch and swap the manifest, under the source's lock."""
+        """Publish a validated batch and swap the manifest, under the source's lock.
+
+        A batch committed before ``digest_v`` 2 is compared by its legacy digest (``legacy``),
+        and found by it when the id is the default one: upgrading never duplicates a batch.
+        """
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -678,8 +704,11 @@ class OfflineStore:
         with self._locked(source.name):
             manifest = self._manifest_or_new(source)
             for batch in manifest["batches"]:
-                if batch["batch_id"] == batch_id:
-                    if batch["digest"] != digest:
+                old = batch.get("digest_v", 1) == 1
+                if batch["batch_id"] == batch_id or (
+                    default_id and old and batch["batch_id"] == legacy()
+                ):
+                    if batch["digest"] != (legacy() if old else digest):
                         raise Conflict(
                             f"batch {batch_id!r} of source {source.name!r} was committed with "
                             "different content",
@@ -687,7 +716,7 @@ class OfflineStore:
                         )
                     return IngestResult(
                         source.name,
-                        batch_id,
+                        str(batch["batch_id"]),
                         int(batch["rows"]),
                         tuple(batch["files"]),
                         True,
@@ -726,6 +755,7 @@ class OfflineStore:
                 {
                     "batch_id": batch_id,
                     "digest": digest,
+                    "digest_v": 2,
                     "rows": n,
                     "files": files,
                     "parts": entries,
