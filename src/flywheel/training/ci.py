@@ -19,7 +19,8 @@ read its exit status:
    version (with its lineage, the holdout metrics and the gate report's digest) and moves to
    ``promote_to`` (``staging`` by default) through
    :meth:`~flywheel.registry.store.ModelRegistry.transition_stage`, which moves the alias of the
-   same name in the same transaction. ``production`` is never moved by CI.
+   same name in the same transaction. ``production`` moves only when a project sets ``promote_to: production``
+   (continuous deployment); by default a human or the retraining controller promotes.
 
 Every run writes a Markdown report and appends a ``ci.completed`` event (passed or not, with the
 reason), so the audit log shows refused candidates too. A candidate that fails a gate is not
