@@ -39,18 +39,28 @@ clean:
 # Benchmarks (see benchmarks/README.md). Peers get virtualenvs of their own: Feast pins conflict.
 FEAST_VENV := benchmarks/.venv-feast
 FEAST_VERSION := 0.67.0
+MLFLOW_VENV := benchmarks/.venv-mlflow
+MLFLOW_VERSION := 3.17.2
+LIGHTGBM_VERSION := 4.7.0
 
 .PHONY: bench-setup bench bench-quick
 
-bench-setup: $(STAMP) $(FEAST_VENV)/.installed
+bench-setup: $(STAMP) $(FEAST_VENV)/.installed $(MLFLOW_VENV)/.installed
 
 $(FEAST_VENV)/.installed:
 	test -x $(FEAST_VENV)/bin/python || $(PY) -m venv $(FEAST_VENV)
 	$(VENV)/bin/uv pip install -q --python $(FEAST_VENV)/bin/python "feast[duckdb,redis]==$(FEAST_VERSION)"
 	touch $@
 
+$(MLFLOW_VENV)/.installed:
+	test -x $(MLFLOW_VENV)/bin/python || $(PY) -m venv $(MLFLOW_VENV)
+	$(VENV)/bin/uv pip install -q --python $(MLFLOW_VENV)/bin/python "mlflow==$(MLFLOW_VERSION)" "lightgbm==$(LIGHTGBM_VERSION)"
+	touch $@
+
 bench-quick: bench-setup
 	$(VENV)/bin/python benchmarks/feature_store.py --quick --json benchmarks/.data/bench-quick.json
+	$(VENV)/bin/python benchmarks/tracking.py --quick --json benchmarks/.data/bench-tracking-quick.json
 
 bench: bench-setup
 	$(VENV)/bin/python benchmarks/feature_store.py --json benchmarks/.data/bench-full.json
+	$(VENV)/bin/python benchmarks/tracking.py --json benchmarks/.data/bench-tracking-full.json

@@ -16,11 +16,11 @@ read its exit status:
    metrics.
 4. **Gates.** The declared rules (:mod:`flywheel.training.gates`) judge the two evaluations.
 5. **Registration and promotion**, only when every gate passed: the candidate becomes a new
-   version (with its lineage, the holdout metrics and the gate report's digest) and moves to
-   ``promote_to`` (``staging`` by default) through
-   :meth:`~flywheel.registry.store.ModelRegistry.transition_stage`, which moves the alias of the
-   same name in the same transaction. ``production`` moves only when a project sets ``promote_to: production``
-   (continuous deployment); by default a human or the retraining controller promotes.
+   version (with its lineage and the holdout metrics) and moves to ``promote_to`` (``staging``
+   by default) through :meth:`~flywheel.registry.store.ModelRegistry.transition_stage`, which
+   moves the alias of the same name in the same transaction. ``production`` moves only when a
+   project sets ``promote_to: production`` (continuous deployment); by default a human or the
+   retraining controller promotes.
 
 Every run writes a Markdown report and appends a ``ci.completed`` event (passed or not, with the
 reason), so the audit log shows refused candidates too. A candidate that fails a gate is not
