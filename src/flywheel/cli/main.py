@@ -13,6 +13,7 @@ import click
 
 from flywheel._version import __version__
 from flywheel.cli.ci import ci
+from flywheel.cli.deploy import capacity, deploy
 from flywheel.cli.features import features
 from flywheel.cli.models import models
 from flywheel.errors import FlywheelError
@@ -284,7 +285,9 @@ def demo(directory: Path, json_path: Path | None, requests: int) -> None:
         json_path.write_text(summary.to_json() + "\n", encoding="utf-8")
 
 
+cli.add_command(capacity)
 cli.add_command(ci)
+cli.add_command(deploy)
 cli.add_command(features)
 cli.add_command(models)
 
