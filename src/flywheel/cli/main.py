@@ -152,22 +152,35 @@ def materialize(ctx: click.Context, end: str | None) -> None:
         click.echo(f"{result.view}: {result.rows} rows")
 
 
+def _drain(handlers: list[Any]) -> None:
+    """Turn every handler's readiness off (they keep answering what is in flight)."""
+    for handler in handlers:
+        handler.drain()
+
+
 @cli.command()
 @click.option("--host", default=None, help="Interface to bind (default from flywheel.yaml).")
 @click.option("--port", type=int, default=None, help="Port (default from flywheel.yaml).")
 @click.option("--allow-remote", is_flag=True, help="Allow binding a non-loopback interface.")
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, allow_remote: bool) -> None:
-    """Serve every deployment over HTTP (JSON API and V2 health routes)."""
+    """Serve every deployment over HTTP (JSON API, Open Inference Protocol V2, /metrics).
+
+    SIGTERM drains: readiness answers 503 at once, in-flight requests finish, exit 0.
+    """
+    from flywheel.serving.server import limit_native_threads
+
+    limit_native_threads()  # one native thread per worker, before numpy or LightGBM load
     from flywheel.serving.app import create_app
     from flywheel.serving.predlog import PredictionLog
     from flywheel.serving.runtime import handlers_for_project
     from flywheel.serving.server import serve as run_server
 
     project = _project(ctx)
-    handlers = handlers_for_project(project, poll_interval_s=1.0)
     cfg = project.config.serving
     with PredictionLog(Path(project.config.predictions)) as log:
+        # The log first: a routed deployment writes its shadow's predictions there.
+        handlers = handlers_for_project(project, poll_interval_s=1.0, log=log)
         app = create_app(
             {h.name: h for h in handlers},
             log,
@@ -182,7 +195,13 @@ def serve(ctx: click.Context, host: str | None, port: int | None, allow_remote: 
 
         gc.collect()
         gc.freeze()
-        run_server(app, host=host or cfg.host, port=port or cfg.port, allow_remote=allow_remote)
+        run_server(
+            app,
+            host=host or cfg.host,
+            port=port or cfg.port,
+            allow_remote=allow_remote,
+            on_drain=lambda: _drain(handlers),
+        )
     for h in handlers:
         h.stop()
 

@@ -9,6 +9,14 @@ atomically when it moves, so a rollback is an alias move, not a restart. The sam
 ``views_source`` (when given) whether the registered definitions changed and swaps in the new
 feature views, so an applied change (a ttl, say) is served within one poll interval.
 
+The model call goes through an :class:`~flywheel.serving.batching.AdaptiveBatcher`: a request
+arriving while the server is idle is predicted alone at once, concurrent ones share batched
+calls. Each loaded model version gets its own batcher, swapped in with it as one reference, so a
+batch never mixes versions and every :class:`Prediction` names the version that computed it; the
+batch size histogram (``batch_sizes()``) spans all of them. ``drain()`` (called when a graceful
+shutdown begins, see :func:`flywheel.serving.server.serve`) makes ``ready()`` False for good
+while requests go on being served.
+
 Request features are the built-in transformations of the request timestamp (``hour_of_day``
 ...) and user-defined transformations of request fields (``transformations``: functions bound
 to their applied specs, resolved by ``Project.serving_transformations``, which refuses code
@@ -29,6 +37,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from flywheel.errors import ValidationError
+from flywheel.serving.batching import AdaptiveBatcher, BatchSizeHistogram
 from flywheel.serving.handler import Prediction, RequestField
 
 if TYPE_CHECKING:
@@ -38,6 +47,9 @@ if TYPE_CHECKING:
     from flywheel.project import Project
     from flywheel.registry.loader import LoadedModel
     from flywheel.registry.store import ModelRegistry
+    from flywheel.serving.deployments import Deployment
+    from flywheel.serving.predlog import PredictionLog
+    from flywheel.serving.routed import RoutedHandler
     from flywheel.storage.blobs import BlobStore
 
 __all__ = ["ModelHandler", "feature_column"]
@@ -103,6 +115,8 @@ class ModelHandler:
         views_source: Callable[[], list[FeatureView | WindowAggregation] | None] | None = None,
         transformations: Sequence[UserTransformation] = (),
         transformations_source: Callable[[], Sequence[UserTransformation]] | None = None,
+        max_batch_size: int = 32,
+        max_wait_s: float = 0.002,
     ) -> None:
         self._name = name
         self.model_name = model_name
@@ -124,6 +138,12 @@ class ModelHandler:
         ] = (list(views), by_name)
         self._pending_views: list[FeatureView | WindowAggregation] | None = None
         self._model: LoadedModel | None = None
+        # The model and its batcher swap together: one reference assignment.
+        self._serving: tuple[LoadedModel, AdaptiveBatcher] | None = None
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self._batch_sizes = BatchSizeHistogram()
+        self._draining = False
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -153,9 +173,27 @@ class ModelHandler:
         """The model version currently served (None before ``load``)."""
         return self._model
 
+    @property
+    def batch_histogram(self) -> BatchSizeHistogram:
+        """Model calls by batch size, over every model version served (for ``/metrics``)."""
+        return self._batch_sizes
+
+    def batch_sizes(self) -> dict[int, int]:
+        """Return ``{batch size: number of model calls}`` since the handler was built."""
+        return self._batch_sizes.counts()
+
+    @property
+    def draining(self) -> bool:
+        """True once ``drain`` was called: the server is shutting down."""
+        return self._draining
+
+    def drain(self) -> None:
+        """Report not ready from now on (a graceful shutdown began); keep serving requests."""
+        self._draining = True
+
     def ready(self) -> bool:
-        """Return True once a model is loaded and warmed."""
-        return self._model is not None
+        """Return True once a model is loaded and warmed, and until ``drain`` is called."""
+        return self._serving is not None and not self._draining
 
     def load(self) -> LoadedModel:
         """Resolve the alias, load and warm the model, and swap it in; return it."""
@@ -167,9 +205,16 @@ class ModelHandler:
         # Warm-up on zeros, not NaN: models without missing-value support (a scikit-learn
         # LogisticRegression) would refuse NaN and never become ready.
         model.predict(np.zeros((1, len(model.signature.inputs))))
+        batcher = AdaptiveBatcher(
+            model.predict,
+            max_batch_size=self.max_batch_size,
+            max_wait_s=self.max_wait_s,
+            histogram=self._batch_sizes,
+        )
         with self._swap_lock:
             previous = self._model
             self._model = model
+            self._serving = (model, batcher)
         if previous is None or previous.version.version != model.version.version:
             log.info("serving %s/%s", model.name, model.version.version)
         return model
@@ -264,16 +309,21 @@ class ModelHandler:
         return features, status
 
     def predict(self, request_id: str, row: Mapping[str, Any]) -> Prediction:
-        """Predict for one validated request row."""
+        """Predict for one validated request row.
+
+        The online lookup runs here, per request; the model call goes through the batcher of
+        the model version taken at the start, which is the version the prediction names.
+        """
         import pandas as pd
 
-        model = self._model
-        if model is None:
+        serving = self._serving
+        if serving is None:
             raise RuntimeError(f"deployment {self._name} has no model loaded")
+        model, batcher = serving
         features, status = self.features_for(row)
         inputs = {**{k: v for k, v in row.items() if not isinstance(v, datetime)}, **features}
         matrix = model.signature.to_matrix(pd.DataFrame([inputs]))
-        probability = float(model.predict(matrix)[0])
+        probability = batcher.submit(matrix[0])
         return Prediction(
             model_name=model.name,
             model_version=model.version.version,
@@ -283,25 +333,74 @@ class ModelHandler:
         )
 
 
+def _model_handler(
+    project: Project,
+    dep: Deployment,
+    *,
+    name: str,
+    alias: str,
+    views: Sequence[FeatureView | WindowAggregation],
+    request_fields: Sequence[RequestField],
+    request_features: Sequence[str],
+    transformations: Sequence[UserTransformation],
+    poll_interval_s: float | None,
+) -> ModelHandler:
+    """Build (not start) the handler serving ``dep.model_name@alias`` behind ``dep``'s service."""
+    return ModelHandler(
+        name=name,
+        model_name=dep.model_name,
+        alias=alias,
+        registry=project.registry,
+        blobs=project.blobs,
+        online=project.online,
+        views=views,
+        request_fields=request_fields,
+        request_features=request_features,
+        timestamp_field=str(dep.spec["timestamp_field"]),
+        poll_interval_s=poll_interval_s,
+        views_source=project.watch_service(dep.feature_service),
+        transformations=transformations,
+        transformations_source=functools.partial(
+            project.serving_transformations, dep.feature_service
+        ),
+    )
+
+
 def handlers_for_project(
-    project: Project, *, poll_interval_s: float | None = 1.0
-) -> list[ModelHandler]:
+    project: Project,
+    *,
+    poll_interval_s: float | None = 1.0,
+    log: PredictionLog | None = None,
+) -> list[ModelHandler | RoutedHandler]:
     """Build and start a handler for every deployment registered in the project.
 
     Feature views and request transformations come from the registered (applied)
     definitions, and each handler follows changes to them, as it follows its model alias.
 
+    A deployment whose spec has a ``routing`` section (see
+    :func:`flywheel.serving.routing.parse_routing_spec`), e.g.
+    ``{"unit_key": "tailnum", "arms": [{"name": "a", "alias": "production", "weight": 90},
+    {"name": "b", "alias": "challenger", "weight": 10}], "shadow": {"alias": "staging",
+    "share": 0.1}}``, gets one :class:`ModelHandler` per arm alias (and one for the shadow), all
+    over the deployment's feature service, wrapped in a
+    :class:`~flywheel.serving.routed.RoutedHandler`; its shadow predictions go to ``log`` (or to
+    the log given later to ``RoutedHandler.attach_log``). A spec without ``routing`` is served
+    by one ModelHandler on the deployment's own alias, as before.
+
     Raises:
         Conflict: a request transformation's code changed since ``flywheel apply``.
-        ValidationError: a deployment's request fields lack a transformation's inputs.
+        ValidationError: a deployment's request fields lack a transformation's inputs, or its
+            ``routing`` section is malformed (naming the field).
     """
     from flywheel.errors import NotFound
+    from flywheel.serving.routed import RoutedHandler
+    from flywheel.serving.routing import Arm, parse_routing_spec
 
     deployments = project.deployments.list_deployments()
     if not deployments:
         raise NotFound("no deployments are registered (the demo registers 'delays')")
     defs = project.registered_definitions()
-    handlers: list[ModelHandler] = []
+    handlers: list[ModelHandler | RoutedHandler] = []
     for dep in deployments:
         service, views = defs.service(dep.feature_service)
         transformations = project.serving_transformations(dep.feature_service, defs)
@@ -310,24 +409,34 @@ def handlers_for_project(
             RequestField(f["name"], f["dtype"], max_length=int(f.get("max_length", 256)))
             for f in spec.get("request_fields", [])
         ]
-        handler = ModelHandler(
-            name=dep.name,
-            model_name=dep.model_name,
-            alias=dep.alias,
-            registry=project.registry,
-            blobs=project.blobs,
-            online=project.online,
+
+        model_handler = functools.partial(
+            _model_handler,
+            project,
+            dep,
             views=views,
             request_fields=fields,
             request_features=service.request_features,
-            timestamp_field=str(spec["timestamp_field"]),
-            poll_interval_s=poll_interval_s,
-            views_source=project.watch_service(dep.feature_service),
             transformations=transformations,
-            transformations_source=functools.partial(
-                project.serving_transformations, dep.feature_service
-            ),
+            poll_interval_s=poll_interval_s,
         )
-        handler.start()
-        handlers.append(handler)
+        if "routing" not in spec:
+            handler = model_handler(name=dep.name, alias=dep.alias)
+            handler.start()
+            handlers.append(handler)
+            continue
+        routing = parse_routing_spec(spec["routing"])
+        arms = [
+            (Arm(a.name, a.weight), model_handler(name=f"{dep.name}[{a.name}]", alias=a.alias))
+            for a in routing.arms
+        ]
+        shadow_policy = routing.shadow_policy()
+        shadow = (
+            (shadow_policy, model_handler(name=f"{dep.name}[shadow]", alias=routing.shadow.alias))
+            if shadow_policy is not None and routing.shadow is not None
+            else None
+        )
+        routed = RoutedHandler(dep.name, arms, routing.unit_key, shadow, log, salt=routing.salt)
+        routed.start()
+        handlers.append(routed)
     return handlers

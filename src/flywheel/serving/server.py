@@ -14,32 +14,69 @@ previous response, is closed, so slowloris sockets cannot pin the connection bud
 The app itself caps bodies and the time to receive them (see
 :func:`flywheel.serving.app.create_app`).
 
-Graceful shutdown is uvicorn's own: on SIGINT/SIGTERM (``serve``) or on leaving the
-``BackgroundServer`` block, uvicorn closes the listening socket (new connections are refused, so
-a load balancer's readiness probe fails at once), lets in-flight requests finish for up to
-``timeout_graceful_shutdown`` seconds, then cancels what is left and runs the app's lifespan
-shutdown. Closing the prediction log is the caller's job, after the server has stopped.
+Graceful drain (``serve``): on the first SIGTERM (or SIGINT) the server starts *draining*:
+
+1. at once, ``GET /v2/health/ready`` answers 503 (``{"code": "backend_unavailable", "message":
+   "draining", ...}``) whatever the handlers say, and the ``on_drain`` hook runs (pass one that
+   calls each handler's ``drain()``, e.g. ``ModelHandler.drain``, so ``ready()`` turns False
+   too); every other route keeps serving;
+2. after ``drain_delay_s`` seconds (SIGTERM only; SIGINT skips it, and a second signal cuts it
+   short), time for a load balancer to see the failed probe and stop sending traffic, uvicorn
+   closes the listening socket (new connections are refused), lets in-flight requests finish for
+   up to ``timeout_graceful_shutdown`` seconds, then cancels what is left and runs the app's
+   lifespan shutdown;
+3. ``serve`` returns normally, so the process exits 0 (uvicorn would re-raise the signal and die
+   by it) after the caller closed its prediction log.
+
+Leaving the ``BackgroundServer`` block does step 2 at once. Closing the prediction log is the
+caller's job, after the server has stopped.
+
+Native math runs one thread per worker: ``serve`` sets ``OMP_NUM_THREADS``,
+``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` to 1 unless the environment sets them already
+(:func:`limit_native_threads`). Libraries loaded later read them; BLAS libraries loaded already are
+limited through ``threadpoolctl`` when it is installed. The model loaders pass one thread to each
+predict call as well (``registry/formats.py``), and concurrency comes from the request threads
+and the adaptive batcher (``serving/batching.py``). Call ``limit_native_threads()`` first thing in
+a serving process, before numpy or a model library loads, for the variables to take full effect.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
+import logging
+import os
+import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping
-from types import MappingProxyType, TracebackType
+from collections.abc import Callable, Mapping
+from types import FrameType, MappingProxyType, TracebackType
 from typing import Any, ClassVar
 
 import h11
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from flywheel.errors import InvalidArgument
 
-__all__ = ["BackgroundServer", "is_loopback", "serve"]
+__all__ = [
+    "NATIVE_THREAD_VARIABLES",
+    "BackgroundServer",
+    "DrainState",
+    "is_loopback",
+    "limit_native_threads",
+    "serve",
+]
+
+_LOG = logging.getLogger(__name__)
+
+NATIVE_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+"""Environment variables :func:`limit_native_threads` defaults to one thread."""
+
+_READY_PATH = "/v2/health/ready"
 
 _DEFAULT_LIMITS: Mapping[str, Any] = MappingProxyType(
     {
@@ -65,6 +102,167 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # any other host name could resolve anywhere
+
+
+def limit_native_threads(default: int = 1) -> dict[str, int]:
+    """Default native math to ``default`` threads per calling thread; return the values in force.
+
+    Sets each of :data:`NATIVE_THREAD_VARIABLES` the environment does not set already (a value
+    set there wins), then, when ``threadpoolctl`` is installed, applies them to the OpenMP and
+    BLAS libraries loaded already (OpenBLAS and MKL limits are process-wide; OpenMP's holds for
+    the calling thread, so the variables matter most before the libraries load).
+
+    Raises:
+        InvalidArgument: ``default`` is not positive, or a variable is not a positive integer.
+    """
+    if default < 1:
+        raise InvalidArgument(f"default must be at least 1, got {default}")
+    values: dict[str, int] = {}
+    for name in NATIVE_THREAD_VARIABLES:
+        raw = os.environ.setdefault(name, str(default))
+        try:
+            values[name] = int(raw)
+        except ValueError:
+            values[name] = 0
+        if values[name] < 1:
+            raise InvalidArgument(
+                f"{name}={raw!r}: expected a positive integer number of threads",
+                context={"variable": name},
+            )
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return values
+    threadpool_limits(
+        limits={
+            "openmp": values["OMP_NUM_THREADS"],
+            "openblas": values["OPENBLAS_NUM_THREADS"],
+            "mkl": values["MKL_NUM_THREADS"],
+        }
+    )
+    return values
+
+
+class DrainState:
+    """Whether a graceful shutdown has begun, and what to run when it does.
+
+    Examples:
+        >>> calls = []
+        >>> state = DrainState(on_drain=lambda: calls.append("drain"))
+        >>> state.draining
+        False
+        >>> state.begin(), state.begin(), state.draining, calls
+        (True, False, True, ['drain'])
+    """
+
+    def __init__(self, on_drain: Callable[[], None] | None = None) -> None:
+        self.on_drain = on_drain
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def draining(self) -> bool:
+        """True once :meth:`begin` was called."""
+        return self._event.is_set()
+
+    def begin(self) -> bool:
+        """Start draining and run ``on_drain`` (once); return True on the first call only."""
+        with self._lock:
+            if self._event.is_set():
+                return False
+            self._event.set()
+        if self.on_drain is not None:
+            try:
+                self.on_drain()
+            except Exception:  # readiness is 503 already; a failed hook must not stop the drain
+                _LOG.exception("the on_drain hook failed")
+        return True
+
+
+class _DrainingApp:
+    """Answer ``GET /v2/health/ready`` with 503 while draining; pass everything else on."""
+
+    _BODY = json.dumps(
+        {"code": "backend_unavailable", "message": "draining", "context": {"draining": True}}
+    ).encode()
+
+    def __init__(self, app: ASGIApp, state: DrainState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.state.draining and scope["path"] == _READY_PATH:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(self._BODY)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": self._BODY})
+            return
+        await self.app(scope, receive, send)
+
+
+def _drain_socket(sock: socket.socket) -> None:
+    """Read and drop the bytes a signal wrote to the wakeup socket."""
+    try:
+        while sock.recv(512):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, draining as the module docstring says instead of stopping at once."""
+
+    def __init__(self, config: uvicorn.Config, state: DrainState, drain_delay_s: float) -> None:
+        super().__init__(config)
+        self.drain_state = state
+        self.drain_delay_s = drain_delay_s
+        self._exit_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Runs in the main thread as a signal handler: set flags only. The signal is not
+        # recorded in ``_captured_signals``, so uvicorn does not re-raise it after the drain.
+        if self.drain_state.begin():
+            delay = self.drain_delay_s if sig == signal.SIGTERM else 0.0
+            self._exit_at = time.monotonic() + delay
+            if delay <= 0:
+                self.should_exit = True
+        elif not self.should_exit:
+            self.should_exit = True  # a second signal ends the delay
+        else:
+            self.force_exit = True  # a third stops waiting for in-flight requests
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        # A process-directed signal may land on a worker thread; Python then runs the handler
+        # only when the main thread next executes bytecode, up to one 0.1 s tick later. A wakeup
+        # fd watched by the loop wakes the main thread at once, so readiness fails at once.
+        if threading.current_thread() is not threading.main_thread():
+            await super().serve(sockets)
+            return
+        loop = asyncio.get_running_loop()
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        loop.add_reader(reader.fileno(), _drain_socket, reader)
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        try:
+            await super().serve(sockets)
+        finally:
+            signal.set_wakeup_fd(previous)
+            loop.remove_reader(reader.fileno())
+            reader.close()
+            writer.close()
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._exit_at is not None and time.monotonic() >= self._exit_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
 
 
 def _check_host(host: str, allow_remote: bool) -> None:
@@ -156,8 +354,14 @@ def serve(
     header_timeout_s: float = 10.0,
     access_log: bool = False,
     log_level: str = "info",
+    drain_delay_s: float = 5.0,
+    on_drain: Callable[[], None] | None = None,
+    sockets: list[socket.socket] | None = None,
 ) -> None:
     """Serve ``app`` in the foreground until SIGINT or SIGTERM, then drain and return.
+
+    See the module docstring for the drain. Native math is limited to one thread first
+    (:func:`limit_native_threads`).
 
     Args:
         app: The ASGI app, usually from :func:`flywheel.serving.app.create_app`.
@@ -171,13 +375,26 @@ def serve(
         header_timeout_s: Seconds a connection gets to send a complete request head.
         access_log: Log one line per request.
         log_level: uvicorn's log level.
+        drain_delay_s: Seconds between SIGTERM (readiness 503) and closing the listener.
+        on_drain: Called once, from the signal handler, when the drain begins: keep it short
+            (set flags, e.g. each ``ModelHandler.drain``).
+        sockets: Listening sockets bound already (``host``/``port`` are then only checked and
+            logged), e.g. by a parent process; the caller closes them.
 
     Raises:
-        InvalidArgument: ``host`` is not loopback and ``allow_remote`` is False.
+        InvalidArgument: ``host`` is not loopback and ``allow_remote`` is False, or
+            ``drain_delay_s`` is negative.
     """
     _check_host(host, allow_remote)
+    if not drain_delay_s >= 0:
+        raise InvalidArgument(
+            f"drain_delay_s must be zero or more seconds, got {drain_delay_s}",
+            context={"drain_delay_s": drain_delay_s},
+        )
+    limit_native_threads()
+    state = DrainState(on_drain)
     config = _config(
-        app,
+        _DrainingApp(app, state),
         host,
         port,
         limit_concurrency=limit_concurrency,
@@ -188,7 +405,7 @@ def serve(
         access_log=access_log,
         log_level=log_level,
     )
-    uvicorn.Server(config).run()
+    _DrainingServer(config, state, drain_delay_s).run(sockets=sockets)
 
 
 class BackgroundServer:
