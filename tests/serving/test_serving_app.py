@@ -504,3 +504,33 @@ def test_only_predict_is_a_public_mutating_route(handler: Any, valid_body: dict[
         "/v2/models/{name}/infer",
         "/v2/models/{name}/versions/{version}/infer",
     ]
+
+
+def test_metrics_show_loaded_versions_batch_sizes_and_shadow_counts() -> None:
+    from types import SimpleNamespace
+
+    from flywheel.serving.app import handler_metrics
+    from flywheel.serving.batching import BatchSizeHistogram
+
+    histogram = BatchSizeHistogram()
+    for size in (1, 1, 4, 40):
+        histogram.observe(size)
+    arm = SimpleNamespace(
+        model=SimpleNamespace(version=SimpleNamespace(name="delays", version=3)),
+        batch_histogram=histogram,
+    )
+    routed = SimpleNamespace(
+        arm_handlers={"a": arm, "b": SimpleNamespace(model=None)},
+        shadow_stats={"mirrored": 5, "dropped": 1},
+    )
+    text = handler_metrics({"plain": arm, "split": routed})
+    assert (
+        'flywheel_model_loaded{deployment="plain",arm="default",model="delays",version="3"} 1'
+        in text
+    )
+    assert 'flywheel_model_loaded{deployment="split",arm="a",model="delays",version="3"} 1' in text
+    assert 'arm="b"' not in text  # nothing loaded there yet: no series
+    assert 'flywheel_batch_size_bucket{deployment="plain",arm="default",le="1.0"} 2' in text
+    assert 'flywheel_batch_size_bucket{deployment="plain",arm="default",le="+Inf"} 4' in text
+    assert 'flywheel_batch_size_sum{deployment="plain",arm="default"} 46' in text
+    assert 'flywheel_shadow_requests_total{deployment="split",outcome="dropped"} 1' in text

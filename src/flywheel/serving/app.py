@@ -295,6 +295,60 @@ class ServingMetrics:
         return "\n".join(lines) + "\n"
 
 
+def _arms(deployment: str, handler: object) -> list[tuple[str, str, object]]:
+    """Return ``(deployment, arm, handler)`` for a handler and, if routed, each of its arms."""
+    arms = getattr(handler, "arm_handlers", None)
+    if isinstance(arms, Mapping):
+        return [(deployment, str(arm), h) for arm, h in sorted(arms.items())]
+    return [(deployment, "default", handler)]
+
+
+def handler_metrics(handlers: Mapping[str, object]) -> str:
+    """Render what the handlers know: loaded model versions, batch sizes, shadow counts.
+
+    Read through attributes a handler may or may not have (``model``, ``batch_histogram``,
+    ``shadow_stats``, ``arm_handlers``), so any ``DeploymentHandler`` can be served.
+    """
+    loaded = [
+        "# HELP flywheel_model_loaded The model version each deployment arm serves (value 1).",
+        "# TYPE flywheel_model_loaded gauge",
+    ]
+    batches = [
+        "# HELP flywheel_batch_size Rows per model call (adaptive batching).",
+        "# TYPE flywheel_batch_size histogram",
+    ]
+    shadows = [
+        "# HELP flywheel_shadow_requests_total Mirrored requests by outcome.",
+        "# TYPE flywheel_shadow_requests_total counter",
+    ]
+    for name, handler in sorted(handlers.items()):
+        for deployment, arm, h in _arms(name, handler):
+            labels = f'deployment="{_escape_label(deployment)}",arm="{_escape_label(arm)}"'
+            model = getattr(h, "model", None)
+            version = getattr(model, "version", None)
+            if version is not None:
+                model_label = _escape_label(str(getattr(version, "name", "")))
+                loaded.append(
+                    f'flywheel_model_loaded{{{labels},model="{model_label}",'
+                    f'version="{int(getattr(version, "version", 0))}"}} 1'
+                )
+            histogram = getattr(h, "batch_histogram", None)
+            if histogram is not None:
+                for bound, n in histogram.cumulative():
+                    le = "+Inf" if bound == float("inf") else repr(float(bound))
+                    batches.append(f'flywheel_batch_size_bucket{{{labels},le="{le}"}} {n}')
+                batches.append(f"flywheel_batch_size_sum{{{labels}}} {histogram.total_rows}")
+                batches.append(f"flywheel_batch_size_count{{{labels}}} {histogram.count}")
+        stats = getattr(handler, "shadow_stats", None)
+        if isinstance(stats, Mapping):
+            for outcome, n in sorted(stats.items()):
+                shadows.append(
+                    f'flywheel_shadow_requests_total{{deployment="{_escape_label(name)}",'
+                    f'outcome="{_escape_label(str(outcome))}"}} {int(n)}'
+                )
+    return "\n".join([*loaded, *batches, *shadows]) + "\n"
+
+
 def _check_content_type(value: str | None) -> None:
     """Accept ``application/json``, optionally with ``charset=utf-8``; refuse anything else."""
     media_type, *params = (value or "").split(";")
@@ -451,7 +505,7 @@ class _Service:
         """Render Prometheus metrics."""
         dropped = self.log.dropped if self.log is not None else 0
         return Response(
-            self.metrics.render(dropped=dropped),
+            self.metrics.render(dropped=dropped) + handler_metrics(self.handlers),
             media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 
