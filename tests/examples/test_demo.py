@@ -35,6 +35,16 @@ def test_demo_runs_the_loop_and_the_events_tell_the_story(
     assert summary["baseline_auc"] == 0.5
     assert summary["champion_auc"] > summary["baseline_auc"] + 0.1
     assert summary["failed_requests"] == 0 and summary["requests"] >= 200
+    # The 90/10 split by aircraft and the shadow served real traffic.
+    arms = summary["arm_requests"]
+    assert set(arms) == {"production", "challenger"} and sum(arms.values()) == summary["requests"]
+    assert 0 < arms["challenger"] < arms["production"]
+    assert summary["shadow_requests"]["completed"] > 0
+    from flywheel.serving.predlog import read_predictions
+
+    logged = read_predictions(root / ".flywheel" / "predictions").column("arm").to_pylist()
+    assert logged.count("production") == arms["production"]
+    assert logged.count("shadow:challenger") == summary["shadow_requests"]["completed"]
     assert 0 < summary["serving_p50_ms"] <= summary["serving_p99_ms"]
     # Summer drifts: the weather at the origin must be among the drifted features.
     assert "weather_hourly__temp" in summary["drifted_features"]

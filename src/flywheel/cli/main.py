@@ -292,6 +292,10 @@ def demo(directory: Path, json_path: Path | None, requests: int) -> None:
         f"{summary.serving_p50_ms:.2f} / {summary.serving_p99_ms:.2f} ms",
     )
     table.add_row("requests (failed)", f"{summary.requests} ({summary.failed_requests})")
+    if summary.arm_requests:
+        split = ", ".join(f"{arm} {n}" for arm, n in summary.arm_requests.items())
+        mirrored = summary.shadow_requests.get("completed", 0)
+        table.add_row("traffic by arm (shadowed)", f"{split} ({mirrored} mirrored)")
     table.add_row("drifted features", ", ".join(summary.drifted_features) or "none")
     table.add_row("decision", f"{summary.decision}: production -> v{summary.production_version}")
     table.add_row("drift report", summary.report)

@@ -19,7 +19,7 @@ import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +39,9 @@ TRAIN_END = datetime(2013, 7, 1, tzinfo=UTC)
 # The challenger retrains on every labelled flight before the holdout (an expanding window: the
 # champion's months plus the five that arrived since), the common default when retraining.
 HOLDOUT_START = datetime(2013, 12, 1, tzinfo=UTC)
+CANDIDATE_END = datetime(2013, 6, 1, tzinfo=UTC)
+SPLIT = (90, 10)
+SHADOW_SHARE = 0.2
 HOLDOUT_END = datetime(2014, 1, 1, tzinfo=UTC)
 
 
@@ -63,6 +66,8 @@ class DemoSummary:
     holdout_rows: int = 0
     report: str = ""
     seconds: float = 0.0
+    arm_requests: dict[str, int] = field(default_factory=dict)
+    shadow_requests: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """Return the summary as JSON."""
@@ -193,24 +198,42 @@ def _run(
         project.registry.set_alias(
             MODEL_NAME, "production", champion.version, actor="demo", reason="first model"
         )
+        console.print(
+            f"   {MODEL_NAME}/{champion.version}:"
+            f" validation AUC {champion.metrics['valid_auc']:.3f}"
+        )
+    with steps.step("Train a candidate on January-May; serve it to 10% of aircraft and shadow it"):
+        candidate = train_and_register(
+            project,
+            tracking,
+            start=TRAIN_START,
+            end=CANDIDATE_END,
+            run_name="candidate",
+            description="Candidate: trained on January-May 2013 (the 10% arm and the shadow)",
+            on_step=lambda s: console.print(f"   · {s}"),
+        )
+        project.registry.set_alias(
+            MODEL_NAME, "challenger", candidate.version, actor="demo", reason="10% arm"
+        )
         project.deployments.upsert(
             "delays",
             model_name=MODEL_NAME,
             alias="production",
             feature_service="delay_model",
-            spec=deployment_spec(),
+            spec=deployment_spec(split=SPLIT, shadow_share=SHADOW_SHARE),
             actor="demo",
         )
         console.print(
-            f"   {MODEL_NAME}/{champion.version}:"
-            f" validation AUC {champion.metrics['valid_auc']:.3f}"
+            f"   {MODEL_NAME}/{candidate.version}: validation AUC"
+            f" {candidate.metrics['valid_auc']:.3f}; routing production {SPLIT[0]}% /"
+            f" challenger {SPLIT[1]}% by aircraft, shadow {SHADOW_SHARE:.0%} to challenger"
         )
 
     _service, views = service_views(project)
     with steps.step("Materialize the latest feature values into the online store"):
         materialize(project.offline, project.online, views, end=TRAIN_END, events=project.events)
 
-    latencies, failed, sent = _replay(
+    latencies, failed, sent, arms, shadow = _replay(
         project, steps, console, flights, ingest_month, views, requests=requests, seed=seed
     )
 
@@ -355,6 +378,8 @@ def _run(
         production_version=production,
         requests=sent,
         failed_requests=failed,
+        arm_requests=dict(sorted(arms.items())),
+        shadow_requests=dict(sorted(shadow.items())),
         holdout_rows=champ_eval.rows,
         report=str(report_path),
         seconds=round(time.perf_counter() - began, 1),
@@ -380,19 +405,21 @@ def _replay(
     *,
     requests: int,
     seed: int,
-) -> tuple[list[float], int, int]:
-    """Replay a time-ordered sample of July-December flights through the real HTTP server."""
+) -> tuple[list[float], int, int, dict[str, int], dict[str, int]]:
+    """Replay a time-ordered sample of July-December flights through the real HTTP server.
+
+    Returns the latencies, failures, requests sent, requests per arm and the shadow's counts.
+    """
     import httpx
     from rich.progress import Progress
 
     from flywheel.data.materialize import materialize
-    from flywheel.examples.flights.model import MODEL_NAME, REQUEST_FIELDS, TIMESTAMP_FIELD
+    from flywheel.examples.flights.model import TIMESTAMP_FIELD
     from flywheel.serving.app import create_app
     from flywheel.serving.predlog import PredictionLog
-    from flywheel.serving.runtime import ModelHandler
+    from flywheel.serving.runtime import handlers_for_project
     from flywheel.serving.server import BackgroundServer
 
-    service, _ = _service(project)
     start, end = TRAIN_END, HOLDOUT_END
     pool = _slice(flights, "sched_dep_ts", start, end)
     pool = pool[pool["tailnum"].notna()]
@@ -402,28 +429,16 @@ def _replay(
     per_time = pool.groupby("sched_dep_ts").size().reindex(times.to_numpy())
     chosen = times.iloc[: int((per_time.cumsum() < requests).sum()) + 1]
     sample = pool[pool["sched_dep_ts"].isin(set(chosen))].sort_values(["sched_dep_ts", "flight"])
-    handler = ModelHandler(
-        name="delays",
-        model_name=MODEL_NAME,
-        alias="production",
-        registry=project.registry,
-        blobs=project.blobs,
-        online=project.online,
-        views=views,
-        request_fields=REQUEST_FIELDS,
-        request_features=service.request_features,
-        timestamp_field=TIMESTAMP_FIELD,
-        poll_interval_s=None,
-        # The applied transformations, resolved as `flywheel serve` does (code digest checked).
-        transformations=project.serving_transformations(service.name),
-    )
-    handler.start()
+    log = PredictionLog(Path(project.config.predictions))
+    # The deployment as `flywheel serve` builds it: the 90/10 split and the shadow, each arm a
+    # model handler over the applied definitions (transformation code digests checked).
+    handlers = handlers_for_project(project, poll_interval_s=None, log=log)
     latencies: list[float] = []
     failed = 0
+    arms: dict[str, int] = {}
     with steps.step(f"Serve and replay {len(sample)} July-December flights over HTTP"):
-        log = PredictionLog(Path(project.config.predictions))
         app = create_app(
-            {"delays": handler}, log, max_body_bytes=project.config.serving.max_body_bytes
+            {h.name: h for h in handlers}, log, max_body_bytes=project.config.serving.max_body_bytes
         )
         with (
             BackgroundServer(app) as server,
@@ -473,10 +488,18 @@ def _replay(
                     latencies.append((time.perf_counter() - t0) * 1000)
                     if resp.status_code != 200:
                         failed += 1
+                    else:
+                        arms[resp.json()["arm"]] = arms.get(resp.json()["arm"], 0) + 1
                     progress.advance(task)
             record_materialized()
+        shadow: dict[str, int] = {}
+        for h in handlers:
+            drain = getattr(h, "drain_shadow", None)
+            if callable(drain):
+                drain()  # let mirrored requests finish before the log closes
+            shadow.update(getattr(h, "shadow_stats", {}))
+            h.stop()
         log.close()
-        handler.stop()
         for m in range(7, 13):  # months the sample skipped (re-ingesting a batch id is a no-op)
             ingest_month(m)
         # Leave the online store as of the end of the data, for `flywheel serve` afterwards.
@@ -487,6 +510,8 @@ def _replay(
             {
                 "requests": len(sample),
                 "failed": failed,
+                "arms": arms,
+                "shadow": shadow,
                 "from": start.isoformat(),
                 "to": end.isoformat(),
             },
@@ -495,10 +520,5 @@ def _replay(
         console.print(
             f"   {len(sample)} requests, {failed} failed, p50 {statistics.median(latencies):.2f} ms"
         )
-    return latencies, failed, len(sample)
+    return latencies, failed, len(sample), arms, shadow
 
-
-def _service(project: Project) -> Any:
-    from flywheel.examples.flights.model import service_views
-
-    return service_views(project)

@@ -77,14 +77,33 @@ LGBM_PARAMS: dict[str, Any] = {
 NUM_ROUNDS = 300
 
 
-def deployment_spec() -> dict[str, Any]:
-    """Return the serving spec of the ``delays`` deployment (what a request carries)."""
-    return {
+def deployment_spec(
+    *, split: tuple[int, int] | None = None, shadow_share: float = 0.0
+) -> dict[str, Any]:
+    """Return the serving spec of the ``delays`` deployment (what a request carries).
+
+    ``split=(90, 10)`` routes requests between ``production`` and ``challenger`` by a sticky
+    hash of the aircraft (``tailnum``); ``shadow_share`` mirrors that share of requests to
+    ``challenger`` off the response path (its outputs go to the prediction log).
+    """
+    spec: dict[str, Any] = {
         "request_fields": [
             {"name": f.name, "dtype": f.dtype, "max_length": f.max_length} for f in REQUEST_FIELDS
         ],
         "timestamp_field": TIMESTAMP_FIELD,
     }
+    if split is not None:
+        routing: dict[str, Any] = {
+            "unit_key": "tailnum",
+            "arms": [
+                {"name": "production", "alias": "production", "weight": split[0]},
+                {"name": "challenger", "alias": "challenger", "weight": split[1]},
+            ],
+        }
+        if shadow_share > 0:
+            routing["shadow"] = {"alias": "challenger", "share": shadow_share}
+        spec["routing"] = routing
+    return spec
 
 
 def service_views(project: Project) -> tuple[FeatureService, list[FeatureView | WindowAggregation]]:
