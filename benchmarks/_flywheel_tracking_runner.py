@@ -51,6 +51,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flywheel.serving.runtime import ALIAS_POLL_S
+
 BATCH = 1000
 PROBE = {"x0": 1.5, "x1": -1.5, "x2": 0.0, "x3": 0.0, "ts": "2024-06-01T12:00:00+00:00"}
 INPUTS = ("x0", "x1", "x2", "x3")
@@ -386,7 +388,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="scratch directory")
     ap.add_argument("--workload", type=Path)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--poll-s", type=float, default=1.0, help="the server's alias poll interval")
+    ap.add_argument(
+        "--poll-s",
+        type=float,
+        default=ALIAS_POLL_S,
+        help="the server's alias poll interval (default: flywheel serve's)",
+    )
     ap.add_argument("--serve-timeout-s", type=float, default=60.0)
     args = ap.parse_args()
     args.db, args.work = args.db.resolve(), args.work.resolve()

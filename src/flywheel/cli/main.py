@@ -173,14 +173,14 @@ def serve(ctx: click.Context, host: str | None, port: int | None, allow_remote: 
     limit_native_threads()  # one native thread per worker, before numpy or LightGBM load
     from flywheel.serving.app import create_app
     from flywheel.serving.predlog import PredictionLog
-    from flywheel.serving.runtime import handlers_for_project
+    from flywheel.serving.runtime import ALIAS_POLL_S, handlers_for_project
     from flywheel.serving.server import serve as run_server
 
     project = _project(ctx)
     cfg = project.config.serving
     with PredictionLog(Path(project.config.predictions)) as log:
         # The log first: a routed deployment writes its shadow's predictions there.
-        handlers = handlers_for_project(project, poll_interval_s=1.0, log=log)
+        handlers = handlers_for_project(project, poll_interval_s=ALIAS_POLL_S, log=log)
         app = create_app(
             {h.name: h for h in handlers},
             log,

@@ -52,7 +52,11 @@ if TYPE_CHECKING:
     from flywheel.serving.routed import RoutedHandler
     from flywheel.storage.blobs import BlobStore
 
-__all__ = ["ModelHandler", "feature_column"]
+ALIAS_POLL_S = 0.5
+"""How often a served deployment re-reads its alias and definitions: a move is served within
+this plus one model load (well under the 1 s contract), at one indexed query per poll."""
+
+__all__ = ["ALIAS_POLL_S", "ModelHandler", "feature_column"]
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +115,7 @@ class ModelHandler:
         request_fields: Sequence[RequestField],
         request_features: Sequence[str],
         timestamp_field: str,
-        poll_interval_s: float | None = 1.0,
+        poll_interval_s: float | None = ALIAS_POLL_S,
         views_source: Callable[[], list[FeatureView | WindowAggregation] | None] | None = None,
         transformations: Sequence[UserTransformation] = (),
         transformations_source: Callable[[], Sequence[UserTransformation]] | None = None,
@@ -369,7 +373,7 @@ def _model_handler(
 def handlers_for_project(
     project: Project,
     *,
-    poll_interval_s: float | None = 1.0,
+    poll_interval_s: float | None = ALIAS_POLL_S,
     log: PredictionLog | None = None,
 ) -> list[ModelHandler | RoutedHandler]:
     """Build and start a handler for every deployment registered in the project.
