@@ -397,3 +397,71 @@ def test_a_failing_transformation_answers_422_naming_it(loop: Loop) -> None:
     body = resp.json()
     assert body["context"]["field"] == "distance_band"
     assert "ZeroDivisionError: no band for 1400.0 miles" in body["message"]
+
+
+def test_alias_flip_and_rollback_under_load_fail_no_request(loop: Loop) -> None:
+    # ~50 requests/s over real HTTP while production moves to a new version and is rolled back:
+    # every request answers 200, naming exactly one of the two versions, and both are seen.
+    import threading
+    import time
+    from datetime import timedelta
+
+    import httpx
+
+    from flywheel.serving.app import create_app
+    from flywheel.serving.runtime import handlers_for_project
+    from flywheel.serving.server import BackgroundServer
+
+    registry = loop.project.registry
+    first = registry.get_version("delays", loop.version)
+    second = registry.create_version(
+        "delays",
+        artifact_digest=first.artifact_digest,
+        format=first.format,
+        signature=first.signature,
+        metrics=first.metrics,
+        lineage=first.lineage,
+        description="the same model, for the swap test",
+    )
+    [handler] = handlers_for_project(loop.project, poll_interval_s=0.05)
+    body = {
+        "carrier": "UA",
+        "origin": "EWR",
+        "tailnum": "N14228",
+        "sched_dep_time": (FEB + timedelta(hours=1)).isoformat(),
+        "distance": 1400.0,
+    }
+    answers: list[tuple[int, int | None]] = []
+    stop = threading.Event()
+
+    def load(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            while not stop.is_set() and len(answers) < 2000:
+                r = client.post("/v1/deployments/delays/predict", json=body)
+                version = r.json().get("model_version") if r.status_code == 200 else None
+                answers.append((r.status_code, version))
+                time.sleep(0.02)  # ~50 requests/s
+
+    try:
+        with BackgroundServer(create_app({"delays": handler}, None)) as server:
+            sender = threading.Thread(target=load, args=(server.url,))
+            sender.start()
+            time.sleep(0.5)
+            registry.set_alias(
+                "delays", "production", second.version, expected_version=loop.version, actor="t"
+            )
+            time.sleep(1.0)
+            registry.rollback("delays", "production", actor="t", reason="swap test")
+            time.sleep(1.0)
+            stop.set()
+            sender.join(timeout=30)
+    finally:
+        handler.stop()
+        registry.set_alias("delays", "production", loop.version, actor="t")
+    assert len(answers) > 50
+    assert [a for a in answers if a[0] != 200] == []
+    versions = [v for _, v in answers]
+    assert set(versions) == {loop.version, second.version}
+    # Served in order: the first version, then the second, then the first again.
+    changes = [v for i, v in enumerate(versions) if i == 0 or v != versions[i - 1]]
+    assert changes == [loop.version, second.version, loop.version]
