@@ -49,6 +49,10 @@ prediction it needs the admin token when one is configured.
 
 Every request routed to a deployment, answered or rejected, is appended to the
 :class:`~flywheel.serving.predlog.PredictionLog` if one is given; appending never blocks.
+
+A predict answer's ``source`` says whether the model computed it (``"computed"``) or a fresh
+precomputed score was served (``"precomputed"``, see :mod:`flywheel.serving.precompute`); the
+log has no column for it, so a precomputed answer's logged output carries ``"source"``.
 """
 
 from __future__ import annotations
@@ -563,6 +567,7 @@ class _Service:
                 "model_name": prediction.model_name,
                 "model_version": prediction.model_version,
                 "arm": prediction.arm,
+                "source": prediction.source,
                 "prediction": prediction.output,
                 "feature_status": prediction.feature_status,
                 "latency_ms": outcome.latency_ms,
@@ -784,7 +789,9 @@ class _Service:
                     model_version=prediction.model_version if prediction is not None else 0,
                     request=row,
                     features=prediction.features if prediction is not None else {},
-                    output=prediction.output if ok and prediction is not None else outcome.body,
+                    output=_logged_output(prediction)
+                    if ok and prediction is not None
+                    else outcome.body,
                     latency_ms=outcome.latency_ms,
                     status="ok" if ok else str(outcome.body["code"]),
                 )
@@ -808,11 +815,25 @@ class _Service:
                 model_version=prediction.model_version if prediction is not None else 0,
                 request=outcome.request,
                 features=prediction.features if prediction is not None else {},
-                output=prediction.output if ok and prediction is not None else outcome.body,
+                output=_logged_output(prediction)
+                if ok and prediction is not None
+                else outcome.body,
                 latency_ms=outcome.latency_ms,
                 status="ok" if ok else str(outcome.body["code"]),
             )
         )
+
+
+def _logged_output(prediction: Prediction) -> dict[str, Any]:
+    """Return the output a prediction is logged with.
+
+    The log has no column for ``Prediction.source``: a precomputed answer is logged with
+    ``"source": "precomputed"`` added to its output (``output_json``); a computed one is logged
+    as is, so an output without ``source`` was computed.
+    """
+    if prediction.source == "computed":
+        return prediction.output
+    return {**prediction.output, "source": prediction.source}
 
 
 def _v2_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:

@@ -32,7 +32,12 @@ class RequestField:
 
 @dataclass(frozen=True)
 class Prediction:
-    """What a handler returns for one request."""
+    """What a handler returns for one request.
+
+    ``source`` says where the output came from: ``"computed"`` (the model was called on the
+    request's features) or ``"precomputed"`` (a fresh score written ahead of time by
+    :func:`flywheel.serving.precompute.precompute` for the same model version was served).
+    """
 
     model_name: str
     model_version: int
@@ -40,6 +45,7 @@ class Prediction:
     features: dict[str, Any] = field(default_factory=dict)
     feature_status: dict[str, str] = field(default_factory=dict)
     arm: str = "default"
+    source: Literal["computed", "precomputed"] = "computed"
 
 
 class DeploymentHandler(Protocol):

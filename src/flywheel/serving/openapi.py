@@ -211,6 +211,7 @@ _COMPONENTS: dict[str, Any] = {
             "model_name": {"type": "string"},
             "model_version": {"type": "integer"},
             "arm": {"type": "string"},
+            "source": {"type": "string", "enum": ["computed", "precomputed"]},
             "prediction": {"type": "object"},
             "feature_status": {"type": "object"},
             "latency_ms": {"type": "number"},

@@ -25,6 +25,12 @@ that changed since ``flywheel apply``). They run through ``flywheel.data.transfo
 fields lack a transformation's inputs is refused when the handler is built. When the
 definitions change, ``transformations_source`` resolves the transformations again and the
 views and transformations are swapped in together, as one reference.
+
+A deployment spec's ``precomputed`` section (``{"key": "tailnum", "max_age_s": 3600}``, see
+:mod:`flywheel.serving.precompute`) makes ``predict`` first read the score precomputed for the
+request's key (one extra online read): a fresh one computed by the version served now is
+returned as is (``Prediction.source == "precomputed"``), skipping the feature lookup and the
+model; otherwise the request is computed as above.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ if TYPE_CHECKING:
     from flywheel.registry.loader import LoadedModel
     from flywheel.registry.store import ModelRegistry
     from flywheel.serving.deployments import Deployment
+    from flywheel.serving.precompute import PrecomputedSpec
     from flywheel.serving.predlog import PredictionLog
     from flywheel.serving.routed import RoutedHandler
     from flywheel.storage.blobs import BlobStore
@@ -56,7 +63,7 @@ ALIAS_POLL_S = 0.5
 """How often a served deployment re-reads its alias and definitions: a move is served within
 this plus one model load (well under the 1 s contract), at one indexed query per poll."""
 
-__all__ = ["ALIAS_POLL_S", "ModelHandler", "feature_column"]
+__all__ = ["ALIAS_POLL_S", "ModelHandler", "feature_column", "request_fields_of"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,14 @@ def feature_column(view: FeatureView | WindowAggregation, feature: str | None = 
     if view.kind == "window_aggregation":
         return view.name
     return f"{view.name}__{feature}"
+
+
+def request_fields_of(spec: Mapping[str, Any]) -> list[RequestField]:
+    """Return the request fields a deployment spec declares (its ``request_fields``)."""
+    return [
+        RequestField(f["name"], f["dtype"], max_length=int(f.get("max_length", 256)))
+        for f in spec.get("request_fields", [])
+    ]
 
 
 def _check_request_features(
@@ -121,6 +136,7 @@ class ModelHandler:
         transformations_source: Callable[[], Sequence[UserTransformation]] | None = None,
         max_batch_size: int = 32,
         max_wait_s: float = 0.002,
+        precomputed: PrecomputedSpec | None = None,
     ) -> None:
         self._name = name
         self.model_name = model_name
@@ -151,6 +167,14 @@ class ModelHandler:
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.precomputed = precomputed
+        self._precomputed_view = None if precomputed is None else precomputed.view
+        if precomputed is not None and precomputed.key not in [f.name for f in request_fields]:
+            raise ValidationError(
+                "precomputed.key",
+                f"deployment {name!r}: got {precomputed.key!r}, expected one of the request"
+                f" fields ({', '.join(f.name for f in request_fields)})",
+            )
 
     @property
     def name(self) -> str:
@@ -312,11 +336,53 @@ class ModelHandler:
             )
         return features, status
 
+    def inputs_for(self, row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """Return the model inputs of one request row (request fields + features), statuses.
+
+        What ``predict`` encodes with the model's signature, and what
+        :func:`~flywheel.serving.precompute.precompute` scores ahead of time.
+        """
+        features, status = self.features_for(row)
+        inputs = {**{k: v for k, v in row.items() if not isinstance(v, datetime)}, **features}
+        return inputs, status
+
+    def precomputed_for(self, row: Mapping[str, Any], model: LoadedModel) -> Prediction | None:
+        """Return the precomputed prediction for ``row`` if one is fresh and from ``model``.
+
+        Fresh: the online read rule at the row's timestamp with ``ttl = max_age`` says
+        ``present``. A score computed by another model version is not served (None).
+        """
+        spec, view = self.precomputed, self._precomputed_view
+        if spec is None or view is None:
+            return None
+        key = row.get(spec.key)
+        at = row.get(self.timestamp_field)
+        if not isinstance(key, str) or not key or not isinstance(at, datetime):
+            return None
+        result = self.online.read_many([(view, key)], at=at)[0]
+        score = result.values.get("score")
+        if (
+            result.status.get("score") != "present"
+            or result.values.get("model_version") != model.version.version
+            or isinstance(score, bool)
+            or not isinstance(score, int | float)
+        ):
+            return None
+        probability = float(score)
+        return Prediction(
+            model_name=model.name,
+            model_version=model.version.version,
+            output={model.signature.output: probability, "label": int(probability >= 0.5)},
+            source="precomputed",
+        )
+
     def predict(self, request_id: str, row: Mapping[str, Any]) -> Prediction:
         """Predict for one validated request row.
 
-        The online lookup runs here, per request; the model call goes through the batcher of
-        the model version taken at the start, which is the version the prediction names.
+        With a ``precomputed`` spec, a fresh score precomputed by the model version taken at
+        the start is returned first (``source="precomputed"``). Otherwise the online lookup
+        runs here, per request; the model call goes through the batcher of the model version
+        taken at the start, which is the version the prediction names.
         """
         import pandas as pd
 
@@ -324,8 +390,11 @@ class ModelHandler:
         if serving is None:
             raise RuntimeError(f"deployment {self._name} has no model loaded")
         model, batcher = serving
-        features, status = self.features_for(row)
-        inputs = {**{k: v for k, v in row.items() if not isinstance(v, datetime)}, **features}
+        if self.precomputed is not None:
+            stored = self.precomputed_for(row, model)
+            if stored is not None:
+                return stored
+        inputs, status = self.inputs_for(row)
         matrix = model.signature.to_matrix(pd.DataFrame([inputs]))
         probability = batcher.submit(matrix[0])
         return Prediction(
@@ -349,7 +418,17 @@ def _model_handler(
     transformations: Sequence[UserTransformation],
     poll_interval_s: float | None,
 ) -> ModelHandler:
-    """Build (not start) the handler serving ``dep.model_name@alias`` behind ``dep``'s service."""
+    """Build (not start) the handler serving ``dep.model_name@alias`` behind ``dep``'s service.
+
+    A ``precomputed`` section of the spec is parsed here (``ValidationError`` if malformed).
+    """
+    from flywheel.serving.precompute import parse_precomputed_spec
+
+    precomputed = (
+        parse_precomputed_spec(dep.name, dep.spec["precomputed"], request_fields)
+        if "precomputed" in dep.spec
+        else None
+    )
     return ModelHandler(
         name=name,
         model_name=dep.model_name,
@@ -367,6 +446,7 @@ def _model_handler(
         transformations_source=functools.partial(
             project.serving_transformations, dep.feature_service
         ),
+        precomputed=precomputed,
     )
 
 
@@ -389,12 +469,14 @@ def handlers_for_project(
     over the deployment's feature service, wrapped in a
     :class:`~flywheel.serving.routed.RoutedHandler`; its shadow predictions go to ``log`` (or to
     the log given later to ``RoutedHandler.attach_log``). A spec without ``routing`` is served
-    by one ModelHandler on the deployment's own alias, as before.
+    by one ModelHandler on the deployment's own alias, as before. A ``precomputed`` section
+    (see :mod:`flywheel.serving.precompute`) applies to every handler of the deployment: each
+    serves only the scores its own model version computed.
 
     Raises:
         Conflict: a request transformation's code changed since ``flywheel apply``.
         ValidationError: a deployment's request fields lack a transformation's inputs, or its
-            ``routing`` section is malformed (naming the field).
+            ``routing`` or ``precomputed`` section is malformed (naming the field).
     """
     from flywheel.errors import NotFound
     from flywheel.serving.routed import RoutedHandler
@@ -409,10 +491,7 @@ def handlers_for_project(
         service, views = defs.service(dep.feature_service)
         transformations = project.serving_transformations(dep.feature_service, defs)
         spec = dep.spec
-        fields = [
-            RequestField(f["name"], f["dtype"], max_length=int(f.get("max_length", 256)))
-            for f in spec.get("request_fields", [])
-        ]
+        fields = request_fields_of(spec)
 
         model_handler = functools.partial(
             _model_handler,
