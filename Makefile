@@ -42,10 +42,17 @@ FEAST_VERSION := 0.67.0
 MLFLOW_VENV := benchmarks/.venv-mlflow
 MLFLOW_VERSION := 3.17.2
 LIGHTGBM_VERSION := 4.7.0
+# MLServer loads the same model pickle as .venv: same scikit-learn and numpy as requirements.lock.
+# uvloop 0.22+ breaks MLServer 1.7.1's inference workers (asyncio.get_event_loop() raises).
+MLSERVER_VENV := benchmarks/.venv-mlserver
+MLSERVER_VERSION := 1.7.1
+SKLEARN_VERSION := 1.9.1
+NUMPY_VERSION := 2.4.6
+UVLOOP_VERSION := 0.21.0
 
 .PHONY: bench-setup bench bench-quick
 
-bench-setup: $(STAMP) $(FEAST_VENV)/.installed $(MLFLOW_VENV)/.installed
+bench-setup: $(STAMP) $(FEAST_VENV)/.installed $(MLFLOW_VENV)/.installed $(MLSERVER_VENV)/.installed
 
 $(FEAST_VENV)/.installed:
 	test -x $(FEAST_VENV)/bin/python || $(PY) -m venv $(FEAST_VENV)
@@ -57,10 +64,17 @@ $(MLFLOW_VENV)/.installed:
 	$(VENV)/bin/uv pip install -q --python $(MLFLOW_VENV)/bin/python "mlflow==$(MLFLOW_VERSION)" "lightgbm==$(LIGHTGBM_VERSION)"
 	touch $@
 
+$(MLSERVER_VENV)/.installed:
+	test -x $(MLSERVER_VENV)/bin/python || $(PY) -m venv $(MLSERVER_VENV)
+	$(VENV)/bin/uv pip install -q --python $(MLSERVER_VENV)/bin/python "mlserver==$(MLSERVER_VERSION)" "mlserver-sklearn==$(MLSERVER_VERSION)" "scikit-learn==$(SKLEARN_VERSION)" "numpy==$(NUMPY_VERSION)" "uvloop==$(UVLOOP_VERSION)"
+	touch $@
+
 bench-quick: bench-setup
 	$(VENV)/bin/python benchmarks/feature_store.py --quick --json benchmarks/.data/bench-quick.json
 	$(VENV)/bin/python benchmarks/tracking.py --quick --json benchmarks/.data/bench-tracking-quick.json
+	$(VENV)/bin/python benchmarks/serving.py --quick --json benchmarks/.data/bench-serving-quick.json
 
 bench: bench-setup
 	$(VENV)/bin/python benchmarks/feature_store.py --json benchmarks/.data/bench-full.json
 	$(VENV)/bin/python benchmarks/tracking.py --json benchmarks/.data/bench-tracking-full.json
+	$(VENV)/bin/python benchmarks/serving.py --json benchmarks/.data/bench-serving-full.json
