@@ -352,3 +352,35 @@ def test_a_lost_online_store_is_rebuilt_by_materializing_again(
         assert_no_skew(offline, online, h(12))
     finally:
         online.close()
+
+
+def test_chunked_materialization_writes_the_same_state_and_moves_the_watermark_last(
+    offline: OfflineStore, online_store: OnlineStore, tmp_path: Path, monkeypatch: Any
+) -> None:
+    # Winners are streamed in chunks (bounded memory): tiny chunks must give the state one big
+    # write gives, and only the last write may carry the watermark.
+    from flywheel.data import materialize as materialize_module
+
+    rng = np.random.default_rng(3)
+    offline.ingest(WEATHER, weather_batch(rng, 60, 0, 10), now=LATER)
+    offline.ingest(PLANES, pa.table({"tailnum": ["N1", "N2", "N3"], "seats": [1, 2, 3]}), now=LATER)
+    requests = [(v, k) for v in VIEWS for k in keys_of(v)]
+    with SQLiteOnlineStore(tmp_path / "whole.db") as whole:
+        materialize(offline, whole, VIEWS, end=h(10))
+        expected = whole.read_many(requests, at=h(10))
+    writes: list[tuple[str, int, bool]] = []
+    real_write = online_store.write
+
+    def recording_write(view: str, rows: Any, *, watermark: Any = None) -> int:
+        writes.append((view, len(rows), watermark is not None))
+        return real_write(view, rows, watermark=watermark)
+
+    monkeypatch.setattr(materialize_module, "CHUNK_ROWS", 1)
+    monkeypatch.setattr(online_store, "write", recording_write)
+    results = materialize(offline, online_store, VIEWS, end=h(10))
+    assert online_store.read_many(requests, at=h(10)) == expected
+    for view, result in zip(VIEWS, results, strict=True):
+        mine = [w for w in writes if w[0] == view.name]
+        assert sum(n for _, n, _ in mine) == result.keys
+        assert [wm for _, _, wm in mine] == [False] * (len(mine) - 1) + [True]
+    assert any(len([w for w in writes if w[0] == v.name]) > 2 for v in VIEWS)

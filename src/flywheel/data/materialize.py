@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flywheel.data.online_base import OnlineRow, OnlineStore, Watermark
 from flywheel.data.retrieval import View, build_query, quote_ident, ts_literal
@@ -55,6 +55,10 @@ class MaterializeResult:
     end: datetime
     keys: int
     rows: int
+
+
+CHUNK_ROWS = 50_000
+"""Winners written per online write during materialization (bounds its memory)."""
 
 
 def _aware(value: datetime, name: str) -> datetime:
@@ -131,27 +135,47 @@ def _materialize_view(
         after_seq=[after_seq],
         keep=[view.join_key],
     )
-    con = offline.connect()
-    try:
-        result = con.sql(sql).to_arrow_table()
-    finally:
-        con.close()
-    rows = []
+    new_wm = Watermark(
+        end=max(end, wm.end) if wm is not None else end,
+        seq=max(keys_snap.max_seq, wm.seq) if wm is not None else keys_snap.max_seq,
+    )
     outputs = view.output_columns()
     names = view.features if isinstance(view, FeatureView) else [view.name]
-    data = result.to_pydict()
+    count = written = 0
+    pending: list[OnlineRow] = []
+    con = offline.connect()
+    try:
+        # Streamed in chunks of CHUNK_ROWS winners: memory stays bounded by the chunk, not by
+        # the number of keys. Earlier chunks are written without the watermark; the last one
+        # moves it, so a run killed midway is redone (write-if-newer makes that idempotent).
+        reader = con.sql(sql).to_arrow_reader(CHUNK_ROWS)
+        for batch in reader:
+            if pending:
+                written += online.write(view.name, pending)
+            pending = _rows(view, batch.to_pydict(), names, outputs, end)
+            count += len(pending)
+    finally:
+        con.close()
+    written += online.write(view.name, pending, watermark=new_wm)
+    return MaterializeResult(view.name, start if start is not None else lo, end, count, written)
+
+
+def _rows(
+    view: View,
+    data: dict[str, list[Any]],
+    names: Sequence[str],
+    outputs: Sequence[str],
+    end: datetime,
+) -> list[OnlineRow]:
+    """Turn one chunk of winners (column lists) into online rows."""
+    rows = []
     for r, k in enumerate(data[view.join_key]):
         event_ts = end if isinstance(view, WindowAggregation) else data["_fw_evt_0"][r]
         if event_ts is None:  # cannot happen: every key has a changed row up to end
             continue
         values = {n: data[o][r] for n, o in zip(names, outputs, strict=True)}
         rows.append(OnlineRow(str(k), event_ts, values))
-    new_wm = Watermark(
-        end=max(end, wm.end) if wm is not None else end,
-        seq=max(keys_snap.max_seq, wm.seq) if wm is not None else keys_snap.max_seq,
-    )
-    written = online.write(view.name, rows, watermark=new_wm)
-    return MaterializeResult(view.name, start if start is not None else lo, end, len(rows), written)
+    return rows
 
 
 def materialize(
