@@ -521,4 +521,3 @@ def _replay(
             f"   {len(sample)} requests, {failed} failed, p50 {statistics.median(latencies):.2f} ms"
         )
     return latencies, failed, len(sample), arms, shadow
-
