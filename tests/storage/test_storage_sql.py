@@ -318,3 +318,28 @@ def test_raw_engine_transactions_stay_writable_after_a_read(database: Database) 
         conn.execute(schema.events.insert().values(_event_row("raw")))
     with database.read() as conn:
         assert conn.execute(sa.select(schema.events.c.subject)).scalars().all() == ["raw"]
+
+
+def test_an_in_memory_database_serializes_transactions_across_threads() -> None:
+    # ``sqlite://`` is one connection shared by every thread: a background writer (the
+    # tracking client's) must never BEGIN inside another thread's transaction.
+    import tempfile
+
+    from flywheel.storage.blobs import BlobStore
+    from flywheel.tracking.client import TrackingClient
+    from flywheel.tracking.store import RunStore
+
+    db = open_database("sqlite://")
+    client = TrackingClient(RunStore(db), BlobStore(tempfile.mkdtemp()))
+    try:
+        for i in range(100):
+            with client.start_run("race") as run:
+                for step in range(20):
+                    run.log_metric("m", float(step), step=step)
+                run.log_params({"i": i})
+        runs = client.runs.list_runs("race")
+        assert len(runs) == 100 and all(r.status == "finished" for r in runs)
+        assert len(client.runs.get_metric_history(runs[0].run_id, "m")) == 20
+    finally:
+        client.close()
+        db.dispose()

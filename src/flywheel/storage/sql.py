@@ -25,7 +25,9 @@ Tables exist only through the Alembic migrations in ``flywheel/storage/migration
 
 from __future__ import annotations
 
+import contextlib
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -109,6 +111,10 @@ class Database:
     def __init__(self, uri: str, *, busy_timeout_s: float = 30.0) -> None:
         self._url = normalise_uri(uri)
         self._busy_timeout_s = busy_timeout_s
+        # A private in-memory SQLite database is one connection shared by every thread (the
+        # only way they all see it): its transactions must take turns, or a background thread
+        # (the metric writer) would BEGIN inside another thread's transaction.
+        self._serial: threading.RLock | None = None
         self._engine = self._create_engine()
 
     def _create_engine(self) -> Engine:
@@ -117,6 +123,7 @@ class Database:
             return sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
         memory = url.database in (None, "", ":memory:")
         if memory:
+            self._serial = threading.RLock()
             engine = sa.create_engine(
                 url, poolclass=StaticPool, connect_args={"check_same_thread": False}
             )
@@ -191,6 +198,14 @@ class Database:
 
     @contextmanager
     def _transaction(self, *, write: bool, exclusive: bool = True) -> Iterator[Connection]:
+        serial = self._serial if self._serial is not None else contextlib.nullcontext()
+        with serial, self._transaction_unserialized(write=write, exclusive=exclusive) as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction_unserialized(
+        self, *, write: bool, exclusive: bool = True
+    ) -> Iterator[Connection]:
         conn = self._connect()
         try:
             if self.dialect == "sqlite":
