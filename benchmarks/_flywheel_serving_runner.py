@@ -53,11 +53,23 @@ FIELDS = tuple(f"f{i}" for i in range(N_FEATURES))
 class SklearnHandler:
     """A deployment that predicts a scikit-learn model on the request's 20 features."""
 
-    def __init__(self, model: Any, name: str = DEPLOYMENT) -> None:
+    def __init__(self, model: Any, name: str = DEPLOYMENT, *, batching: bool = False) -> None:
+        from flywheel.serving.batching import AdaptiveBatcher
+
         self._model = model
         self._name = name
         self._fields = tuple(RequestField(f, "float") for f in FIELDS)
         self._ready = False
+        # With batching, concurrent requests share model calls (alone when idle), as
+        # ModelHandler does: 32 rows at most, 2 ms of waiting at most (MLServer's settings).
+        self._batcher = (
+            AdaptiveBatcher(self._predict_matrix, max_batch_size=32, max_wait_s=0.002)
+            if batching
+            else None
+        )
+
+    def _predict_matrix(self, matrix: Any) -> Any:
+        return self._model.predict(np.asarray(matrix, dtype=np.float32)).astype(np.float64)
 
     @property
     def served_version(self) -> int:
@@ -83,6 +95,9 @@ class SklearnHandler:
         return self._ready
 
     def predict(self, request_id: str, row: Mapping[str, Any]) -> Prediction:
+        if self._batcher is not None:
+            vector = np.array([row[f] for f in FIELDS], dtype=np.float64)
+            return Prediction(MODEL_NAME, 1, {"prediction": int(self._batcher.submit(vector))})
         x = np.array([[row[f] for f in FIELDS]], dtype=np.float32)
         label = int(self._model.predict(x)[0])
         return Prediction(MODEL_NAME, 1, {"prediction": label})
@@ -128,7 +143,7 @@ def task_serve(args: argparse.Namespace) -> dict[str, Any]:
     from flywheel.serving.app import create_app
     from flywheel.serving.server import BackgroundServer
 
-    handler = SklearnHandler(joblib.load(args.model_dir / "model.joblib"))
+    handler = SklearnHandler(joblib.load(args.model_dir / "model.joblib"), batching=args.batching)
     handler.warm()
     server = BackgroundServer(create_app({DEPLOYMENT: handler}, None), timeout_graceful_shutdown=5)
     server.start()
@@ -162,6 +177,7 @@ def main() -> None:
     ap.add_argument("--task", choices=("floor", "serve"), required=True)
     ap.add_argument("--model-dir", type=Path, required=True)
     ap.add_argument("--n", type=int, default=3000, help="timed calls for the floor")
+    ap.add_argument("--batching", action="store_true", help="adaptive batching (32 rows, 2 ms)")
     args = ap.parse_args()
     tasks = {"floor": task_floor, "serve": task_serve}
     result = tasks[args.task](args)

@@ -282,7 +282,15 @@ class Bench:
         batching = System(
             "mlserver batching", MLSERVER_PY, "_mlserver_runner.py", ("--batching",), ml_route
         )
+        fw_batching = System(
+            "flywheel batching",
+            Path(sys.executable),
+            "_flywheel_serving_runner.py",
+            ("--batching",),
+            (("v2_url", bodies["flywheel-v2"]),),
+        )
         fw = self.measure(flywheel, expected)
+        fb = self.measure(fw_batching, expected)
         ml = self.measure(mlserver, expected)["predict_url"]
         mb = self.measure(batching, expected)["predict_url"]
         for label, got in (("MLServer", ml), ("MLServer with batching", mb)):
@@ -318,6 +326,10 @@ class Bench:
         ]
         if "v2_url" in fw:
             rows.append(("JSON /v1 predict", fw["predict_url"], "MLServer", ml))
+        if "v2_url" in fb:
+            rows.append(
+                ("V2 infer, adaptive batching", fb["v2_url"], "MLServer adaptive batching", mb)
+            )
         for fw_route, ours, peer_label, peer in rows:
             errors = {"flywheel": ours["errors"], "mlserver": peer["errors"]}
             for name, key, unit in metrics:
