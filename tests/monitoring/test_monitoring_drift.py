@@ -102,12 +102,12 @@ def test_chi2_from_counts_matches_scipy() -> None:
 
 
 def test_registry_names_kinds_and_lookup() -> None:
-    assert set(CHECKS) == {"psi", "ks", "chi2"}
+    assert set(CHECKS) == {"psi", "ks", "chi2", "js", "wasserstein"}
     assert get_check("psi").kinds == {"numeric", "categorical"}
     for name, check in CHECKS.items():
         assert check.name == name and check.kinds <= {"numeric", "categorical"}
     with pytest.raises(NotFound):
-        get_check("wasserstein")
+        get_check("hellinger")
     with pytest.raises(TypeError):
         CHECKS["x"] = get_check("psi")  # type: ignore[index]
     feature = build_profile(_reference()).feature("distance")

@@ -2,8 +2,8 @@
 
 :func:`compare` buckets each feature of the current window into the reference's fixed buckets
 (one vectorised pass per column) and runs the registered checks that apply to its kind
-(:mod:`flywheel.monitoring.checks`): PSI for every feature, KS for numeric ones, chi-square for
-categorical ones.
+(:mod:`flywheel.monitoring.checks`): PSI and Jensen-Shannon for every feature, KS and the
+normalised Wasserstein distance for numeric ones, chi-square for categorical ones.
 
 The drift decision is by effect size: a feature has drifted when its PSI reaches
 ``psi_threshold`` (severity ``"major"``; ``"moderate"`` from 0.1). p-values are reported,
@@ -62,7 +62,9 @@ Status = Literal["ok", "insufficient_data"]
 class FeatureDrift:
     """The drift of one feature between the reference and the current window.
 
-    ``ks_*`` are ``None`` for categorical features and ``chi2_*`` for numeric ones;
+    ``ks_*`` and ``wasserstein_statistic`` (normalised by the reference IQR) are ``None`` for
+    categorical features and ``chi2_*`` for numeric ones; ``js_statistic`` (Jensen-Shannon
+    distance over the buckets) applies to both. The decision stays by PSI;
     ``p_value_adjusted`` is the Bonferroni-corrected p-value of whichever test applies.
     ``bin_labels``, ``reference_fractions`` and ``current_fractions`` line up, the missing
     bucket last.
@@ -80,6 +82,8 @@ class FeatureDrift:
     ks_pvalue: float | None = None
     chi2_statistic: float | None = None
     chi2_pvalue: float | None = None
+    js_statistic: float | None = None
+    wasserstein_statistic: float | None = None
     p_value_adjusted: float | None = None
     reference_missing_rate: float = 0.0
     current_missing_rate: float = 0.0
@@ -238,6 +242,10 @@ def _feature_drift(
         ks_pvalue=ks.p_value if ks else None,
         chi2_statistic=chi2.statistic if chi2 else None,
         chi2_pvalue=chi2.p_value if chi2 else None,
+        js_statistic=checks["js"].statistic if "js" in checks else None,
+        wasserstein_statistic=(
+            checks["wasserstein"].statistic if "wasserstein" in checks else None
+        ),
         p_value_adjusted=adjusted,
         reference_missing_rate=feature.missing_rate,
         current_missing_rate=counts.missing / counts.n_rows if counts.n_rows else 0.0,
