@@ -496,3 +496,20 @@ def test_log_sink_writes_structured_records(caplog: pytest.LogCaptureFixture) ->
     assert (major.levelno, moderate.levelno) == (logging.ERROR, logging.WARNING)
     assert major.alert == ALERT.to_dict()  # type: ignore[attr-defined]
     assert json.loads(major.getMessage().removeprefix("alert ")) == ALERT.to_dict()
+
+
+def test_a_monitoring_gauge_is_scraped_from_the_serving_metrics_route() -> None:
+    # The serving app's /metrics carries the monitoring registry: a drift score set by a
+    # monitor run shows on the next scrape.
+    from starlette.testclient import TestClient
+
+    from flywheel.monitoring.alerts import MetricsRegistry
+    from flywheel.serving.app import create_app
+
+    registry = MetricsRegistry()
+    app = create_app({}, None, extra_metrics=[registry.render])
+    with TestClient(app) as client:
+        assert "flywheel_monitor_status{" not in client.get("/metrics").text
+        registry.set("flywheel_monitor_status", 2.0, monitor="delays")
+        text = client.get("/metrics").text
+    assert 'flywheel_monitor_status{monitor="delays"} 2' in text

@@ -65,7 +65,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -451,6 +451,7 @@ class _Service:
         self.max_depth = max_depth
         self.clock = clock
         self.metrics = ServingMetrics()
+        self.extra_metrics: list[Callable[[], str]] = []
 
     async def live(self, request: Request) -> Response:
         """Answer the liveness probe."""
@@ -509,7 +510,9 @@ class _Service:
         """Render Prometheus metrics."""
         dropped = self.log.dropped if self.log is not None else 0
         return Response(
-            self.metrics.render(dropped=dropped) + handler_metrics(self.handlers),
+            self.metrics.render(dropped=dropped)
+            + handler_metrics(self.handlers)
+            + "".join(render() for render in self.extra_metrics),
             media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 
@@ -889,6 +892,7 @@ def create_app(
     deadline_s: float = DEFAULT_DEADLINE_S,
     max_rows_per_request: int = DEFAULT_MAX_ROWS,
     feedback_log: PredictionLog | None = None,
+    extra_metrics: Sequence[Callable[[], str]] = (),
 ) -> Starlette:
     """Build the serving app over ``handlers`` (keyed by deployment name).
 
@@ -909,6 +913,8 @@ def create_app(
         max_rows_per_request: Most rows one V2 inference request may carry (more: 422).
         feedback_log: Where feedback is appended; None appends it to ``log`` (both None: the
             feedback route answers 404).
+        extra_metrics: More Prometheus text appended to ``/metrics`` on every scrape, e.g. a
+            monitoring ``MetricsRegistry.render`` (drift scores, monitor status, alerts).
 
     Returns:
         The Starlette app; its :class:`ServingMetrics` is ``app.state.metrics``.
@@ -949,6 +955,7 @@ def create_app(
         max_rows=max_rows_per_request,
         feedback_log=feedback_log,
     )
+    service.extra_metrics = list(extra_metrics)
     table: list[tuple[str, Endpoint, list[str]]] = [
         ("/v2/health/live", service.live, ["GET"]),
         ("/v2/health/ready", service.ready, ["GET"]),
