@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import httpx
 
 from flywheel.errors import BackendUnavailable, FlywheelError, ValidationError
+from flywheel.serving.metrics import escape_label
 
 if TYPE_CHECKING:
     from flywheel.monitoring.drift import DriftReport
@@ -439,10 +440,6 @@ class _Metric:
     samples: dict[tuple[str, ...], float] = field(default_factory=dict)
 
 
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
 def _format_value(value: float) -> str:
     if math.isnan(value):
         return "NaN"
@@ -562,7 +559,7 @@ class MetricsRegistry:
                 lines.append(f"# TYPE {name} {metric.kind}")
                 for key, value in sorted(metric.samples.items()):
                     labels = ",".join(
-                        f'{label}="{_escape_label(v)}"'
+                        f'{label}="{escape_label(v)}"'
                         for label, v in zip(metric.labels, key, strict=True)
                     )
                     lines.append(f"{name}{{{labels}}} {_format_value(value)}")

@@ -58,14 +58,11 @@ log has no column for it, so a precomputed answer's logged output carries ``"sou
 from __future__ import annotations
 
 import functools
-import hmac
-import json
 import logging
 import re
-import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -76,7 +73,7 @@ import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -90,6 +87,18 @@ from flywheel.errors import (
 from flywheel.naming import validate_name
 from flywheel.serving.feedback import feedback_record, parse_feedback
 from flywheel.serving.handler import DeploymentHandler, Prediction
+from flywheel.serving.http import (
+    Endpoint,
+    Rejected,
+    check_content_type,
+    encode_json,
+    error_body,
+    is_authorized,
+    json_response,
+    read_body,
+    require_admin,
+)
+from flywheel.serving.metrics import LATENCY_BUCKETS, ServingMetrics, handler_metrics
 from flywheel.serving.openapi import build_openapi
 from flywheel.serving.predlog import PredictionLog, PredictionRecord
 from flywheel.serving.requests import DEFAULT_MAX_DEPTH, decode_json, parse_row
@@ -112,8 +121,6 @@ __all__ = [
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_DEADLINE_S = 5.0
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-"""Upper bounds, in seconds, of the request latency histogram (``+Inf`` is implied)."""
 
 _LOG = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -131,270 +138,12 @@ _HTTP_CODES = MappingProxyType(
     {401: "unauthenticated", 404: "not_found", 405: "method_not_allowed"}
 )
 
-Endpoint = Callable[[Request], Awaitable[Response]]
 _T = TypeVar("_T")
 
 
 def _utc_now() -> datetime:
     """Return the current time as an aware UTC datetime."""
     return datetime.now(UTC)
-
-
-def _error_body(
-    code: str, message: str, context: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """Build the one error body shape every route uses."""
-    return {"code": code, "message": message, "context": dict(context or {})}
-
-
-def _json_default(value: object) -> object:
-    """Encode what ``json`` cannot: numpy scalars and datetimes."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    item = getattr(value, "item", None)
-    if callable(item):
-        return item()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _encode(body: object) -> bytes:
-    """Encode strict, ASCII-only JSON (no NaN), so lone surrogates never break a reply.
-
-    Raises:
-        TypeError: ``body`` holds a value JSON cannot carry.
-        ValueError: ``body`` holds a non-finite float.
-    """
-    text = json.dumps(
-        body, ensure_ascii=True, allow_nan=False, separators=(",", ":"), default=_json_default
-    )
-    return text.encode("ascii")
-
-
-def _json_response(status: int, body: object, headers: Mapping[str, str] | None = None) -> Response:
-    """Render ``body`` as a JSON response."""
-    return Response(
-        _encode(body), status_code=status, media_type="application/json", headers=headers
-    )
-
-
-class _Rejected(Exception):
-    """A request refused before it reached the handler, with its HTTP status and error body."""
-
-    def __init__(
-        self, status: int, code: str, message: str, *, close: bool = False, **context: Any
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = _error_body(code, message, context)
-        self.close = close
-
-
-def is_authorized(authorization: str | None, admin_token: str | None) -> bool:
-    """Return True if ``authorization`` (the header value) carries ``admin_token``.
-
-    With no admin token configured every caller is authorized. The comparison takes the same
-    time whatever the supplied token is.
-
-    Examples:
-        >>> is_authorized(None, None)
-        True
-        >>> is_authorized("Bearer s3cret", "s3cret"), is_authorized("Bearer nope", "s3cret")
-        (True, False)
-        >>> is_authorized(None, "s3cret"), is_authorized("s3cret", "s3cret")
-        (False, False)
-    """
-    if admin_token is None:
-        return True
-    scheme, _, supplied = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not supplied:
-        return False
-    return hmac.compare_digest(supplied.strip().encode(), admin_token.encode())
-
-
-def require_admin(endpoint: Endpoint, admin_token: str | None) -> Endpoint:
-    """Wrap ``endpoint`` so it answers 401 unless the request carries the admin bearer token.
-
-    :func:`create_app` applies this to every mutating route except prediction, so a route added
-    later is protected unless it is deliberately listed as public.
-    """
-
-    async def guarded(request: Request) -> Response:
-        if not is_authorized(request.headers.get("authorization"), admin_token):
-            body = _error_body("unauthenticated", "this route needs an admin bearer token")
-            return _json_response(401, body, {"WWW-Authenticate": "Bearer"})
-        return await endpoint(request)
-
-    return guarded
-
-
-def _escape_label(value: str) -> str:
-    """Escape a Prometheus label value."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class ServingMetrics:
-    """Request counters and a latency histogram, rendered in the Prometheus text format.
-
-    Examples:
-        >>> metrics = ServingMetrics()
-        >>> metrics.observe("delays", 200, 0.003)
-        >>> print(metrics.render(dropped=0).splitlines()[2])
-        flywheel_requests_total{deployment="delays",code="200"} 1
-    """
-
-    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.buckets = buckets
-        self._lock = threading.Lock()
-        self._requests: dict[tuple[str, int], int] = {}
-        self._bucket_counts: dict[str, list[int]] = {}
-        self._sums: dict[str, float] = {}
-
-    def observe(self, deployment: str, status: int, seconds: float) -> None:
-        """Count one answered request and its latency."""
-        with self._lock:
-            key = (deployment, status)
-            self._requests[key] = self._requests.get(key, 0) + 1
-            counts = self._bucket_counts.setdefault(deployment, [0] * (len(self.buckets) + 1))
-            for i, bound in enumerate(self.buckets):
-                if seconds <= bound:
-                    counts[i] += 1
-            counts[-1] += 1
-            self._sums[deployment] = self._sums.get(deployment, 0.0) + seconds
-
-    def requests(self, deployment: str, status: int) -> int:
-        """Return how many requests to ``deployment`` were answered with ``status``."""
-        with self._lock:
-            return self._requests.get((deployment, status), 0)
-
-    def render(self, *, dropped: int) -> str:
-        """Render every metric, plus the prediction log's ``dropped`` count."""
-        lines = [
-            "# HELP flywheel_requests_total Prediction requests answered, by deployment, status.",
-            "# TYPE flywheel_requests_total counter",
-        ]
-        with self._lock:
-            for (deployment, status), n in sorted(self._requests.items()):
-                labels = f'deployment="{_escape_label(deployment)}",code="{status}"'
-                lines.append(f"flywheel_requests_total{{{labels}}} {n}")
-            lines += [
-                "# HELP flywheel_request_latency_seconds Prediction request latency.",
-                "# TYPE flywheel_request_latency_seconds histogram",
-            ]
-            for deployment, counts in sorted(self._bucket_counts.items()):
-                label = f'deployment="{_escape_label(deployment)}"'
-                bounds = [repr(b) for b in self.buckets] + ["+Inf"]
-                for bound, n in zip(bounds, counts, strict=True):
-                    lines.append(
-                        f'flywheel_request_latency_seconds_bucket{{{label},le="{bound}"}} {n}'
-                    )
-                lines.append(
-                    f"flywheel_request_latency_seconds_sum{{{label}}} {self._sums[deployment]!r}"
-                )
-                lines.append(f"flywheel_request_latency_seconds_count{{{label}}} {counts[-1]}")
-        lines += [
-            "# HELP flywheel_prediction_log_dropped_total Prediction records not kept.",
-            "# TYPE flywheel_prediction_log_dropped_total counter",
-            f"flywheel_prediction_log_dropped_total {dropped}",
-        ]
-        return "\n".join(lines) + "\n"
-
-
-def _arms(deployment: str, handler: object) -> list[tuple[str, str, object]]:
-    """Return ``(deployment, arm, handler)`` for a handler and, if routed, each of its arms."""
-    arms = getattr(handler, "arm_handlers", None)
-    if isinstance(arms, Mapping):
-        return [(deployment, str(arm), h) for arm, h in sorted(arms.items())]
-    return [(deployment, "default", handler)]
-
-
-def handler_metrics(handlers: Mapping[str, object]) -> str:
-    """Render what the handlers know: loaded model versions, batch sizes, shadow counts.
-
-    Read through attributes a handler may or may not have (``model``, ``batch_histogram``,
-    ``shadow_stats``, ``arm_handlers``), so any ``DeploymentHandler`` can be served.
-    """
-    loaded = [
-        "# HELP flywheel_model_loaded The model version each deployment arm serves (value 1).",
-        "# TYPE flywheel_model_loaded gauge",
-    ]
-    batches = [
-        "# HELP flywheel_batch_size Rows per model call (adaptive batching).",
-        "# TYPE flywheel_batch_size histogram",
-    ]
-    shadows = [
-        "# HELP flywheel_shadow_requests_total Mirrored requests by outcome.",
-        "# TYPE flywheel_shadow_requests_total counter",
-    ]
-    for name, handler in sorted(handlers.items()):
-        for deployment, arm, h in _arms(name, handler):
-            labels = f'deployment="{_escape_label(deployment)}",arm="{_escape_label(arm)}"'
-            model = getattr(h, "model", None)
-            version = getattr(model, "version", None)
-            if version is not None:
-                model_label = _escape_label(str(getattr(version, "name", "")))
-                loaded.append(
-                    f'flywheel_model_loaded{{{labels},model="{model_label}",'
-                    f'version="{int(getattr(version, "version", 0))}"}} 1'
-                )
-            histogram = getattr(h, "batch_histogram", None)
-            if histogram is not None:
-                for bound, n in histogram.cumulative():
-                    le = "+Inf" if bound == float("inf") else repr(float(bound))
-                    batches.append(f'flywheel_batch_size_bucket{{{labels},le="{le}"}} {n}')
-                batches.append(f"flywheel_batch_size_sum{{{labels}}} {histogram.total_rows}")
-                batches.append(f"flywheel_batch_size_count{{{labels}}} {histogram.count}")
-        stats = getattr(handler, "shadow_stats", None)
-        if isinstance(stats, Mapping):
-            for outcome, n in sorted(stats.items()):
-                shadows.append(
-                    f'flywheel_shadow_requests_total{{deployment="{_escape_label(name)}",'
-                    f'outcome="{_escape_label(str(outcome))}"}} {int(n)}'
-                )
-    return "\n".join([*loaded, *batches, *shadows]) + "\n"
-
-
-def _check_content_type(value: str | None) -> None:
-    """Accept ``application/json``, optionally with ``charset=utf-8``; refuse anything else."""
-    media_type, *params = (value or "").split(";")
-    if media_type.strip().lower() != "application/json":
-        raise _Rejected(415, "unsupported_media_type", "expected Content-Type application/json")
-    for param in params:
-        key, _, val = param.partition("=")
-        if key.strip().lower() == "charset" and val.strip().strip('"').lower() not in (
-            "utf-8",
-            "utf8",
-        ):
-            raise _Rejected(415, "unsupported_media_type", "expected charset utf-8")
-
-
-async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    """Read the body, refusing it (413) as soon as it is known or counted to exceed ``limit``."""
-    too_large = _Rejected(
-        413, "payload_too_large", f"request body exceeds {limit} bytes", max_body_bytes=limit
-    )
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise _Rejected(400, "invalid_argument", "invalid Content-Length header")
-        if int(declared) > limit:
-            raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        with anyio.fail_after(timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise too_large
-                chunks.append(chunk)
-    except TimeoutError:
-        # A stalled client gets its socket closed now rather than at the keep-alive timeout.
-        raise _Rejected(
-            408, "request_timeout", f"request body not received within {timeout_s:g} s", close=True
-        ) from None
-    except ClientDisconnect:
-        raise _Rejected(400, "client_disconnected", "client disconnected") from None
-    return b"".join(chunks)
 
 
 @dataclass
@@ -455,15 +204,15 @@ class _Service:
 
     async def live(self, request: Request) -> Response:
         """Answer the liveness probe."""
-        return _json_response(200, {"live": True})
+        return json_response(200, {"live": True})
 
     async def ready(self, request: Request) -> Response:
         """Answer 200 when every deployment is ready, else 503 naming those that are not."""
         waiting = [name for name, handler in self.handlers.items() if not _is_ready(handler)]
         if waiting:
             error = BackendUnavailable("not ready", context={"not_ready": waiting})
-            return _json_response(503, error.to_dict())
-        return _json_response(200, {"ready": True})
+            return json_response(503, error.to_dict())
+        return json_response(200, {"ready": True})
 
     async def list_deployments(self, request: Request) -> Response:
         """List deployments and the request fields each accepts."""
@@ -483,28 +232,28 @@ class _Service:
             }
             for name, handler in sorted(self.handlers.items())
         ]
-        return _json_response(200, {"deployments": deployments})
+        return json_response(200, {"deployments": deployments})
 
     async def push(self, request: Request) -> Response:
         """Write pushed rows to a source (offline) and the views it feeds (online)."""
         name = request.path_params["name"]
         if self.pusher is None:
-            return _json_response(404, NotFound("this server does not accept pushes").to_dict())
+            return json_response(404, NotFound("this server does not accept pushes").to_dict())
         try:
-            _check_content_type(request.headers.get("content-type"))
-            body = await _read_body(request, self.max_body_bytes, self.body_timeout_s)
+            check_content_type(request.headers.get("content-type"))
+            body = await read_body(request, self.max_body_bytes, self.body_timeout_s)
             decoded = decode_json(body, max_depth=self.max_depth)
             rows = decoded.get("rows") if isinstance(decoded, dict) else None
             if not isinstance(rows, list):
                 raise ValidationError("rows", "expected an object with a list of row objects")
             result = await run_in_threadpool(self.pusher, name, rows)
-        except _Rejected as exc:
-            return _json_response(exc.status, exc.body)
+        except Rejected as exc:
+            return json_response(exc.status, exc.body)
         except FlywheelError as exc:
             if exc.http_status >= 500:
                 _LOG.error("push to %s failed", name, exc_info=exc)
-            return _json_response(exc.http_status, exc.to_dict())
-        return _json_response(200, result)
+            return json_response(exc.http_status, exc.to_dict())
+        return json_response(200, result)
 
     async def render_metrics(self, request: Request) -> Response:
         """Render Prometheus metrics."""
@@ -532,16 +281,16 @@ class _Service:
         if handler is None:
             error = NotFound("no deployment by that name; GET /v1/deployments lists them")
             self.metrics.observe(_UNKNOWN_DEPLOYMENT, 404, time.perf_counter() - started)
-            return _json_response(404, error.to_dict(), headers)
+            return json_response(404, error.to_dict(), headers)
 
         outcome = await self._run(handler, request, request_id)
         try:
-            content = _encode(outcome.body)
+            content = encode_json(outcome.body)
         except (TypeError, ValueError):
             # An output JSON cannot carry (NaN, an odd type) is the handler's bug: a logged 500.
             _LOG.exception("deployment %s returned an unencodable output", name)
-            outcome.fail(500, _error_body("internal", "internal error; see the server log"))
-            content = _encode(outcome.body)
+            outcome.fail(500, error_body("internal", "internal error; see the server log"))
+            content = encode_json(outcome.body)
         self._finish(received, request_id, name, outcome)
         self.metrics.observe(name, outcome.status, time.perf_counter() - started)
         if outcome.close_connection:
@@ -554,8 +303,8 @@ class _Service:
         """Check, parse and predict one request; turn every failure into an error outcome."""
         outcome = _Outcome(started=time.perf_counter())
         try:
-            _check_content_type(request.headers.get("content-type"))
-            body = await _read_body(request, self.max_body_bytes, self.body_timeout_s)
+            check_content_type(request.headers.get("content-type"))
+            body = await read_body(request, self.max_body_bytes, self.body_timeout_s)
             outcome.started = time.perf_counter()
             decoded = decode_json(body, max_depth=self.max_depth)
             if isinstance(decoded, dict) and len(body) <= _LOGGED_BODY_LIMIT:
@@ -575,7 +324,7 @@ class _Service:
                 "feature_status": prediction.feature_status,
                 "latency_ms": outcome.latency_ms,
             }
-        except _Rejected as exc:
+        except Rejected as exc:
             outcome.fail(exc.status, exc.body)
             outcome.close_connection = exc.close
         except FlywheelError as exc:
@@ -586,7 +335,7 @@ class _Service:
                 )
         except Exception:
             _LOG.exception("deployment %s failed request %s", handler.name, request_id)
-            outcome.fail(500, _error_body("internal", "internal error; see the server log"))
+            outcome.fail(500, error_body("internal", "internal error; see the server log"))
         return outcome
 
     async def _call(self, func: Callable[..., _T], *args: Any) -> _T:
@@ -599,7 +348,7 @@ class _Service:
                 functools.partial(func, *args), abandon_on_cancel=True
             )
         if scope.cancelled_caught:
-            raise _Rejected(
+            raise Rejected(
                 504,
                 "deadline_exceeded",
                 f"prediction not finished within {self.deadline_s:g} s",
@@ -631,19 +380,19 @@ class _Service:
         name = request.path_params["name"]
         if name not in self.handlers:
             error = NotFound("no deployment by that name; GET /v1/deployments lists them")
-            return _json_response(404, error.to_dict())
+            return json_response(404, error.to_dict())
         if self.feedback_log is None:
-            return _json_response(404, NotFound("this server does not record feedback").to_dict())
+            return json_response(404, NotFound("this server does not record feedback").to_dict())
         try:
-            _check_content_type(request.headers.get("content-type"))
-            body = await _read_body(request, self.max_body_bytes, self.body_timeout_s)
+            check_content_type(request.headers.get("content-type"))
+            body = await read_body(request, self.max_body_bytes, self.body_timeout_s)
             feedback = parse_feedback(decode_json(body, max_depth=self.max_depth))
-        except _Rejected as exc:
-            return _json_response(exc.status, exc.body)
+        except Rejected as exc:
+            return json_response(exc.status, exc.body)
         except FlywheelError as exc:
-            return _json_response(exc.http_status, exc.to_dict())
+            return json_response(exc.http_status, exc.to_dict())
         self.feedback_log.append(feedback_record(name, feedback, self.clock()))
-        return _json_response(
+        return json_response(
             202, {"request_id": feedback["request_id"], "deployment": name, "accepted": True}
         )
 
@@ -657,7 +406,7 @@ class _Service:
         """Return the deployment a V2 route names, or raise a 404 rejection."""
         handler = self.handlers.get(request.path_params["name"])
         if handler is None:
-            raise _Rejected(404, "not_found", "no model (deployment) by that name")
+            raise Rejected(404, "not_found", "no model (deployment) by that name")
         return handler
 
     def _v2_check_version(self, request: Request, handler: DeploymentHandler) -> str | None:
@@ -667,7 +416,7 @@ class _Service:
             return None
         served = self.served_version(handler)
         if served is None or wanted != str(served):
-            raise _Rejected(404, "not_found", "that model version is not served")
+            raise Rejected(404, "not_found", "that model version is not served")
         return str(wanted)
 
     async def v2_metadata(self, request: Request) -> Response:
@@ -675,11 +424,11 @@ class _Service:
         try:
             handler = self._v2_handler(request)
             self._v2_check_version(request, handler)
-        except _Rejected as exc:
+        except Rejected as exc:
             return _v2_error(exc.status, exc.body["message"])
         served = self.served_version(handler)
         outputs = self.last_seen.get(handler.name, (0, []))[1]
-        return _json_response(
+        return json_response(
             200,
             {
                 "name": handler.name,
@@ -694,10 +443,10 @@ class _Service:
         """Answer 200 when the deployment is ready, else 503 (V2 model readiness)."""
         try:
             handler = self._v2_handler(request)
-        except _Rejected as exc:
+        except Rejected as exc:
             return _v2_error(exc.status, exc.body["message"])
         ready = _is_ready(handler)
-        return _json_response(200 if ready else 503, {"name": handler.name, "ready": ready})
+        return json_response(200 if ready else 503, {"name": handler.name, "ready": ready})
 
     async def v2_infer(self, request: Request) -> Response:
         """Validate a V2 inference request, predict every row, log each row and answer."""
@@ -712,7 +461,7 @@ class _Service:
         headers = {"X-Request-ID": request_id}
         try:
             handler = self._v2_handler(request)
-        except _Rejected as exc:
+        except Rejected as exc:
             self.metrics.observe(_UNKNOWN_DEPLOYMENT, 404, time.perf_counter() - started)
             return _v2_error(404, exc.body["message"], headers)
         name = handler.name
@@ -723,7 +472,7 @@ class _Service:
         try:
             wanted = self._v2_check_version(request, handler)
             _check_v2_headers(request)
-            body = await _read_body(request, self.max_body_bytes, self.body_timeout_s)
+            body = await read_body(request, self.max_body_bytes, self.body_timeout_s)
             outcome.started = time.perf_counter()
             decoded = decode_json(body, max_depth=self.max_depth)
             parsed = parse_infer_request(handler.request_fields, decoded, max_rows=self.max_rows)
@@ -735,7 +484,7 @@ class _Service:
             predictions = await self._call(predict_all)
             outcome.stop()
             if wanted is not None and any(str(p.model_version) != wanted for p in predictions):
-                raise _Rejected(404, "not_found", "that model version is no longer served")
+                raise Rejected(404, "not_found", "that model version is no longer served")
             self._remember(name, predictions)
             outcome.body = {
                 "model_name": name,
@@ -743,8 +492,8 @@ class _Service:
                 "id": parsed.id if parsed.id is not None else request_id,
                 "outputs": output_tensors([p.output for p in predictions]),
             }
-            content = _encode(outcome.body)
-        except _Rejected as exc:
+            content = encode_json(outcome.body)
+        except Rejected as exc:
             outcome.fail(exc.status, exc.body)
             outcome.close_connection = exc.close
         except FlywheelError as exc:
@@ -753,9 +502,9 @@ class _Service:
                 _LOG.error("deployment %s failed request %s", name, request_id, exc_info=exc)
         except Exception:
             _LOG.exception("deployment %s failed V2 request %s", name, request_id)
-            outcome.fail(500, _error_body("internal", "internal error; see the server log"))
+            outcome.fail(500, error_body("internal", "internal error; see the server log"))
         if outcome.status != 200:
-            content = _encode({"error": str(outcome.body["message"])})
+            content = encode_json({"error": str(outcome.body["message"])})
         self._finish_v2(received, request_id, name, rows, predictions, outcome)
         self.metrics.observe(name, outcome.status, time.perf_counter() - started)
         if outcome.close_connection:
@@ -841,20 +590,20 @@ def _logged_output(prediction: Prediction) -> dict[str, Any]:
 
 def _v2_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     """Render an error the V2 way: ``{"error": "..."}``."""
-    return _json_response(status, {"error": message}, headers)
+    return json_response(status, {"error": message}, headers)
 
 
 def _check_v2_headers(request: Request) -> None:
     """Accept JSON or no content type; refuse binary tensors and compressed bodies (415)."""
     if request.headers.get("content-type") is not None:
-        _check_content_type(request.headers.get("content-type"))
+        check_content_type(request.headers.get("content-type"))
     if "inference-header-content-length" in request.headers:
-        raise _Rejected(
+        raise Rejected(
             415, "unsupported_media_type", "the binary tensor extension is not supported"
         )
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
-        raise _Rejected(415, "unsupported_media_type", "compressed request bodies are not accepted")
+        raise Rejected(415, "unsupported_media_type", "compressed request bodies are not accepted")
 
 
 def _is_ready(handler: DeploymentHandler) -> bool:
@@ -871,12 +620,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     code = _HTTP_CODES.get(status, "http_error")
     message = exc.detail if isinstance(exc, HTTPException) else "internal error"
-    return _json_response(status, _error_body(code, message), getattr(exc, "headers", None))
+    return json_response(status, error_body(code, message), getattr(exc, "headers", None))
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     """Answer an unexpected exception with a generic 500 that echoes nothing."""
-    return _json_response(500, _error_body("internal", "internal error; see the server log"))
+    return json_response(500, error_body("internal", "internal error; see the server log"))
 
 
 def create_app(
@@ -984,7 +733,7 @@ def create_app(
         routes=routes,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
-    service.openapi = _encode(
+    service.openapi = encode_json(
         build_openapi(
             handlers,
             max_rows=max_rows_per_request,
