@@ -123,11 +123,11 @@ def test_batches_from_before_digest_v2_are_recognised_when_sent_again(
     # default id). Sending the same content again after the upgrade must be a no-op.
     import json
 
-    from flywheel.data import offline as offline_module
+    from flywheel.data.digest import combined_digest
     from flywheel.data.validation import check_batch
 
     table = batch([1, 2])
-    legacy = offline_module._combined_digest(check_batch(SOURCE, table, now=NOW), None, legacy=True)
+    legacy = combined_digest(check_batch(SOURCE, table, now=NOW), None, legacy=True)
     first = offline.ingest(SOURCE, table, now=NOW)
     named = offline.ingest(SOURCE, batch([5]), batch_id="named", now=NOW)
     path = offline.root / "weather" / "_manifest.json"
@@ -142,7 +142,7 @@ def test_batches_from_before_digest_v2_are_recognised_when_sent_again(
             entry["digest"] = legacy
         else:
             one = check_batch(SOURCE, batch([5]), now=NOW)
-            entry["digest"] = offline_module._combined_digest(one, None, legacy=True)
+            entry["digest"] = combined_digest(one, None, legacy=True)
     path.write_text(json.dumps(manifest))
     reopened = OfflineStore(offline.root)
     again = reopened.ingest(SOURCE, table, now=NOW)
@@ -454,12 +454,12 @@ def write_format_1_store(root: Path) -> list[dict[str, Any]]:
     scratch = OfflineStore(root / "scratch", fsync=False)
     scratch.ingest(SOURCE, batch([1, 2]), batch_id="jan1", now=NOW)
     scratch.ingest(SOURCE, batch([48, 50]), batch_id="jan3", now=NOW)
-    from flywheel.data import offline as offline_module
+    from flywheel.data.digest import combined_digest
     from flywheel.data.validation import check_batch
 
     # Version 1 stored the digest of the Arrow IPC bytes (digest_v 1, the legacy digest).
     digests = [
-        offline_module._combined_digest(check_batch(SOURCE, batch(h), now=NOW), None, legacy=True)
+        combined_digest(check_batch(SOURCE, batch(h), now=NOW), None, legacy=True)
         for h in ([1, 2], [48, 50])
     ]
     ts = [

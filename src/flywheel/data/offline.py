@@ -76,7 +76,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import io
 import json
 import os
@@ -85,15 +84,17 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flywheel.data.quarantine import Quarantine, quarantine_records, records_digest
+from flywheel.data.digest import combined_digest
+from flywheel.data.partitions import Part, batch_parts, overlaps, split_by_date
+from flywheel.data.quarantine import Quarantine, quarantine_records
 from flywheel.data.specs import Source
 from flywheel.data.stats import batch_stats, merge_stats
-from flywheel.data.validation import BatchCheck, check_batch
-from flywheel.errors import Conflict, IntegrityError, InvalidArgument, NotFound, ValidationError
+from flywheel.data.validation import check_batch
+from flywheel.errors import Conflict, InvalidArgument, NotFound, ValidationError
 from flywheel.naming import validate_name
 from flywheel.storage.files import file_lock, fsync_dir
 
@@ -112,8 +113,6 @@ _TMP_PREFIX = ".tmp-"
 _BATCH_PREFIX = "batch="
 _ROW_GROUP = 65_536
 _FORMAT = 2  # 2: batches list their files per date ("parts"); 1: one file per batch
-_EPOCH = date(1970, 1, 1)
-_PER_DAY = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}
 _SQL_TYPES = {
     "int64": "BIGINT",
     "float64": "DOUBLE",
@@ -157,190 +156,6 @@ class SourceSnapshot:
 
 def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
-
-
-def _combined_digest(check: BatchCheck, records: pa.Table | None, *, legacy: bool = False) -> str:
-    """Return the batch's content digest: of its valid rows, and of its rejected rows if any.
-
-    ``legacy`` gives the digest stores wrote before ``digest_v`` 2 (of the Arrow IPC bytes),
-    to recognise their batches when they are sent again.
-    """
-    digest = _legacy_digest(check.accepted) if legacy else _digest(check.accepted)
-    if records is None:
-        return digest
-    return hashlib.sha256(f"{digest}:{records_digest(records)}".encode()).hexdigest()
-
-
-def _legacy_digest(table: pa.Table) -> str:
-    """The digest of ``digest_v`` 1 batches: of the Arrow IPC stream of ``table``."""
-    import pyarrow as pa
-
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table.combine_chunks())
-    return hashlib.sha256(sink.getvalue()).hexdigest()
-
-
-def _digest(table: pa.Table) -> str:
-    """Return the sha256 of ``table``'s logical content: names, types, validity and values.
-
-    Not of its Arrow buffers: what sits under a null slot (0, NaN, garbage) and how the buffers
-    are sliced depend on how the table was built (pandas, CSV, Parquet), and must not change a
-    batch's default id. Each column hashes its validity bitmap and its values with nulls set to
-    a fixed value; strings hash their normalized offsets and bytes.
-    """
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    h = hashlib.sha256()
-    h.update(str(table.schema.remove_metadata()).encode())
-    h.update(str(table.num_rows).encode())
-    for column in table.itercolumns():
-        col = column.combine_chunks()
-        h.update(np.packbits(pc.is_valid(col).to_numpy(zero_copy_only=False)).tobytes())
-        kind = col.type
-        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            filled = pc.fill_null(col, "") if col.null_count else col
-            offset_type = np.int64 if pa.types.is_large_string(kind) else np.int32
-            offsets = np.frombuffer(filled.buffers()[1], dtype=offset_type)
-            offsets = offsets[filled.offset : filled.offset + len(filled) + 1]
-            data = filled.buffers()[2]
-            h.update((offsets - offsets[0]).astype(np.int64).tobytes())
-            if data is not None:
-                h.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
-        elif (
-            pa.types.is_integer(kind)
-            or pa.types.is_floating(kind)
-            or pa.types.is_boolean(kind)
-            or pa.types.is_temporal(kind)
-        ):
-            zero = pa.scalar(False if pa.types.is_boolean(kind) else 0).cast(kind)
-            filled = pc.fill_null(col, zero) if col.null_count else col
-            h.update(np.ascontiguousarray(filled.to_numpy(zero_copy_only=False)).tobytes())
-        else:  # other types: their IPC form (rare in sources; still deterministic per build)
-            sink = pa.BufferOutputStream()
-            one = pa.table({"c": col})
-            with pa.ipc.new_stream(sink, one.schema) as writer:
-                writer.write_table(one)
-            h.update(sink.getvalue().to_pybytes())
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class _Part:
-    """One file of a batch being committed: its path inside the batch directory and its rows."""
-
-    path: str
-    table: pa.Table
-    first: date | None
-    last: date | None
-
-    def entry(self, batch_dir: str, time_field: str | None) -> dict[str, Any]:
-        """Return the part's manifest entry (``table`` is sorted by event time, no nulls)."""
-        import pyarrow.compute as pc
-
-        lo_ts = hi_ts = None
-        if time_field is not None:
-            column = self.table.column(time_field)
-            lo_ts, hi_ts = column[0].as_py().isoformat(), column[-1].as_py().isoformat()
-        seqs = pc.min_max(self.table.column("_seq"))
-        return {
-            "path": f"{batch_dir}/{self.path}",
-            "date": None if self.first is None else self.first.isoformat(),
-            "last_date": None if self.last is None else self.last.isoformat(),
-            "rows": self.table.num_rows,
-            "min_ts": lo_ts,
-            "max_ts": hi_ts,
-            "min_seq": seqs["min"].as_py(),
-            "max_seq": seqs["max"].as_py(),
-        }
-
-
-def _split_by_date(table: pa.Table, time_field: str | None, file_rows: int) -> list[_Part]:
-    """Split a batch sorted by event time into files of whole UTC dates.
-
-    Each date starts a file of its own unless the file before it would still hold at most
-    ``file_rows`` rows with it: small consecutive dates share a file, a date is never split.
-    Without a time field (static sources) the batch is one file.
-
-    Examples:
-        >>> import pyarrow as pa
-        >>> from datetime import UTC, datetime
-        >>> ts = [datetime(2013, 1, d, h, tzinfo=UTC) for d in (1, 2, 2, 5) for h in (0, 23)]
-        >>> t = pa.table({"ts": pa.array(ts, pa.timestamp("us", tz="UTC")), "_seq": range(8)})
-        >>> for part in _split_by_date(t, "ts", file_rows=1):
-        ...     print(part.path, part.table.num_rows)
-        date=2013-01-01/part-00000.parquet 2
-        date=2013-01-02/part-00000.parquet 4
-        date=2013-01-05/part-00000.parquet 2
-        >>> for part in _split_by_date(t, "ts", file_rows=6):
-        ...     print(part.path, part.table.num_rows)
-        date=2013-01-01..2013-01-02/part-00000.parquet 6
-        date=2013-01-05/part-00000.parquet 2
-    """
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    name = "part-00000.parquet"
-    if time_field is None or table.num_rows == 0:
-        return [_Part(name, table, None, None)]
-    column = table.column(time_field)
-    if column.null_count:  # validation refuses them: a null here is a bug, not bad input
-        raise IntegrityError(f"{column.null_count} null event timestamps in {time_field!r}")
-    days = np.floor_divide(pc.cast(column, pa.int64()).to_numpy(), _PER_DAY[column.type.unit])
-    starts = [int(i) for i in np.flatnonzero(np.diff(days)) + 1]  # first row of each date
-    groups: list[tuple[int, int]] = []
-    lo = 0
-    for start, stop in zip([0, *starts], [*starts, table.num_rows], strict=True):
-        if start > lo and stop - lo > file_rows:
-            groups.append((lo, start))
-            lo = start
-    groups.append((lo, table.num_rows))
-    parts = []
-    for lo, hi in groups:
-        first = _EPOCH + timedelta(days=int(days[lo]))
-        last = _EPOCH + timedelta(days=int(days[hi - 1]))
-        label = first.isoformat() if first == last else f"{first.isoformat()}..{last.isoformat()}"
-        parts.append(_Part(f"date={label}/{name}", table.slice(lo, hi - lo), first, last))
-    return parts
-
-
-def _overlaps(
-    part: dict[str, Any], start: datetime | None, end: datetime | None, after_seq: int | None
-) -> bool:
-    """Tell whether a file may hold rows in ``[start, end]`` or, not after ``end``, newer rows.
-
-    A file without an event-time range (static sources) always qualifies.
-    """
-    lo, hi = part.get("min_ts"), part.get("max_ts")
-    if end is not None and lo is not None and datetime.fromisoformat(lo) > end:
-        return False
-    if start is None or hi is None or datetime.fromisoformat(hi) >= start:
-        return True
-    return after_seq is not None and int(part["max_seq"]) > after_seq
-
-
-def _batch_parts(batch: dict[str, Any]) -> list[dict[str, Any]]:
-    """Return a manifest batch's files with their ranges (format 1 batches: one file)."""
-    if "parts" in batch:
-        parts: list[dict[str, Any]] = batch["parts"]
-        return parts
-    rows, seq_start = int(batch["rows"]), int(batch["seq_start"])
-    return [
-        {
-            "path": path,
-            "date": None,
-            "last_date": None,
-            "rows": rows if len(batch["files"]) == 1 else None,
-            "min_ts": batch.get("min_ts"),
-            "max_ts": batch.get("max_ts"),
-            "min_seq": seq_start,
-            "max_seq": seq_start + rows - 1,
-        }
-        for path in batch["files"]
-    ]
 
 
 def _read_csv(source: Source, path: Path | io.BytesIO) -> pa.Table:
@@ -571,8 +386,8 @@ class OfflineStore:
         prune = time_field is None or time_field == spec.timestamp_field
         files: list[str] = []
         for batch in manifest["batches"]:
-            for part in _batch_parts(batch):
-                if prune and not _overlaps(part, start, end, after_seq):
+            for part in batch_parts(batch):
+                if prune and not overlaps(part, start, end, after_seq):
                     continue
                 files.append(str(self.root / source_name / part["path"]))
         if files:
@@ -655,7 +470,7 @@ class OfflineStore:
         records = None
         if check.rejected.num_rows:
             records = quarantine_records(raw, check.rejected)
-        digest = _combined_digest(check, records)
+        digest = combined_digest(check, records)
         default_id = batch_id is None
         batch_id = batch_id or digest
         rejected, reasons = check.rejected.num_rows, check.reasons
@@ -668,7 +483,7 @@ class OfflineStore:
             error = check.error(context=context)
             assert error is not None
             raise error
-        legacy = functools.cache(lambda: _combined_digest(check, records, legacy=True))
+        legacy = functools.cache(lambda: combined_digest(check, records, legacy=True))
         result = self._commit(
             source, check.accepted, batch_id, digest, now, records, reasons, legacy, default_id
         )
@@ -741,7 +556,7 @@ class OfflineStore:
                 bounds = pc.min_max(table.column(source.timestamp_field))
                 min_ts = bounds["min"].as_py().isoformat()
                 max_ts = bounds["max"].as_py().isoformat()
-            parts = _split_by_date(table, source.timestamp_field, self.file_rows) if n else []
+            parts = split_by_date(table, source.timestamp_field, self.file_rows) if n else []
             if parts:
                 self._publish(src_dir, batch_id, parts)
             batch_dir = f"{_BATCH_PREFIX}{batch_id}"
@@ -823,7 +638,7 @@ class OfflineStore:
                     context={"source": new.name, "field": field.name},
                 )
 
-    def _publish(self, src_dir: Path, batch_id: str, parts: list[_Part]) -> None:
+    def _publish(self, src_dir: Path, batch_id: str, parts: list[Part]) -> None:
         """Write every file of a batch into a temporary directory, then rename it into place."""
         import pyarrow.parquet as pq
 
