@@ -37,41 +37,15 @@ FEB8 = datetime(2013, 2, 8, tzinfo=UTC)
 def build_project(root: Path) -> list[dict[str, Any]]:
     """Build the project under ``root``; return request bodies for early-February flights."""
     from flywheel.data.materialize import materialize
-    from flywheel.examples.flights import data
-    from flywheel.examples.flights.model import (
-        MODEL_NAME,
-        deployment_spec,
-        service_views,
-        train_and_register,
-    )
+    from flywheel.examples.flights.model import service_views
     from flywheel.project import Project, init_project
-    from flywheel.tracking.client import TrackingClient
+    from flywheel.testing.flights import ingest_window, train_production
 
     init_project(root)
     project = Project.open(root)
     try:
-        project.apply(actor="bench")
-        defs = project.definitions
-        flights = data.prepare_flights(data.load_flights())
-        flights = flights[(flights.sched_dep_ts >= JAN) & (flights.sched_dep_ts < FEB8)]
-        weather = data.prepare_weather(data.load_weather())
-        weather = weather[(weather.time_hour >= JAN) & (weather.time_hour < FEB8)]
-        project.offline.ingest(defs.source("planes"), data.prepare_planes(data.load_planes()))
-        project.offline.ingest(defs.source("weather"), weather, batch_id="weather")
-        project.offline.ingest(defs.source("flights"), flights, batch_id="flights")
-        with TrackingClient(project.runs, project.blobs) as tracking:
-            mv = train_and_register(
-                project, tracking, start=JAN, end=JAN20, run_name="bench", description="bench"
-            )
-        project.registry.set_alias(MODEL_NAME, "production", mv.version, actor="bench")
-        project.deployments.upsert(
-            "delays",
-            model_name=MODEL_NAME,
-            alias="production",
-            feature_service="delay_model",
-            spec=deployment_spec(),
-            actor="bench",
-        )
+        flights = ingest_window(project, JAN, FEB8)
+        train_production(project, JAN, JAN20)
         _service, views = service_views(project)
         materialize(project.offline, project.online, views, end=FEB)
         sample = flights[

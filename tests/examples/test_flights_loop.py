@@ -34,42 +34,15 @@ class Loop:
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     from flywheel.data.materialize import materialize
-    from flywheel.examples.flights import data
-    from flywheel.examples.flights.model import (
-        MODEL_NAME,
-        deployment_spec,
-        service_views,
-        train_and_register,
-    )
-    from flywheel.tracking.client import TrackingClient
+    from flywheel.examples.flights.model import service_views
+    from flywheel.testing.flights import ingest_window, train_production
 
     root = tmp_path_factory.mktemp("flights") / "proj"
     init_project(root)
     project = Project.open(root)
-    project.apply(actor="test")
-    defs = project.definitions
-    flights = data.prepare_flights(data.load_flights())
-    flights = flights[(flights.sched_dep_ts >= JAN) & (flights.sched_dep_ts < FEB8)]
-    weather = data.prepare_weather(data.load_weather())
-    weather = weather[(weather.time_hour >= JAN) & (weather.time_hour < FEB8)]
+    ingest_window(project, JAN, FEB8)
+    mv = train_production(project, JAN, JAN20)
     ev = project.events
-    planes = data.prepare_planes(data.load_planes())
-    project.offline.ingest(defs.source("planes"), planes, events=ev)
-    project.offline.ingest(defs.source("weather"), weather, batch_id="weather-jan", events=ev)
-    project.offline.ingest(defs.source("flights"), flights, batch_id="flights-jan", events=ev)
-    tracking = TrackingClient(project.runs, project.blobs)
-    mv = train_and_register(
-        project, tracking, start=JAN, end=JAN20, run_name="t", description="test"
-    )
-    project.registry.set_alias(MODEL_NAME, "production", mv.version, actor="test")
-    project.deployments.upsert(
-        "delays",
-        model_name=MODEL_NAME,
-        alias="production",
-        feature_service="delay_model",
-        spec=deployment_spec(),
-        actor="test",
-    )
     _service, views = service_views(project)
     materialize(project.offline, project.online, views, end=FEB, events=ev)
     yield Loop(project, mv.version)

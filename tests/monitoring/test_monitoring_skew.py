@@ -91,43 +91,14 @@ def _celsius(features: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    from flywheel.examples.flights import data
-    from flywheel.examples.flights.model import (
-        MODEL_NAME,
-        deployment_spec,
-        train_and_register,
-    )
-    from flywheel.tracking.client import TrackingClient
+    from flywheel.testing.flights import ingest_window, train_production
 
     base = tmp_path_factory.mktemp("skew")
     root = base / "proj"
     init_project(root)
     project = Project.open(root)
-    project.apply(actor="test")
-    defs = project.definitions
-    all_flights = data.prepare_flights(data.load_flights())
-    flights = all_flights[(all_flights.sched_dep_ts >= JAN) & (all_flights.sched_dep_ts < FEB8)]
-    weather = data.prepare_weather(data.load_weather())
-    weather = weather[(weather.time_hour >= JAN) & (weather.time_hour < FEB8)]
-    ev = project.events
-    project.offline.ingest(
-        defs.source("planes"), data.prepare_planes(data.load_planes()), events=ev
-    )
-    project.offline.ingest(defs.source("weather"), weather, batch_id="weather-jan", events=ev)
-    project.offline.ingest(defs.source("flights"), flights, batch_id="flights-jan", events=ev)
-    tracking = TrackingClient(project.runs, project.blobs)
-    mv = train_and_register(
-        project, tracking, start=JAN, end=JAN20, run_name="t", description="test"
-    )
-    project.registry.set_alias(MODEL_NAME, "production", mv.version, actor="test")
-    project.deployments.upsert(
-        "delays",
-        model_name=MODEL_NAME,
-        alias="production",
-        feature_service="delay_model",
-        spec=deployment_spec(),
-        actor="test",
-    )
+    flights = ingest_window(project, JAN, FEB8)
+    train_production(project, JAN, JAN20)
     # ~260 February flights at ~120 scheduled times, in time order. The buggy pass
     # serves the later half: the online store only moves forward, so replaying earlier times
     # would serve values newer than the request (which the detector rightly reports as skew).

@@ -46,45 +46,26 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     from flywheel.data.materialize import materialize
-    from flywheel.examples.flights import data
     from flywheel.examples.flights.model import (
-        MODEL_NAME,
         deployment_spec,
         service_views,
-        train_and_register,
     )
-    from flywheel.tracking.client import TrackingClient
+    from flywheel.testing.flights import ingest_window, train_production
 
     root = tmp_path_factory.mktemp("precompute") / "proj"
     init_project(root)
     project = Project.open(root)
-    project.apply(actor="test")
-    defs = project.definitions
-    flights = data.prepare_flights(data.load_flights())
-    flights = flights[(flights.sched_dep_ts >= JAN) & (flights.sched_dep_ts < MATERIALIZED)]
-    weather = data.prepare_weather(data.load_weather())
-    weather = weather[(weather.time_hour >= JAN) & (weather.time_hour < MATERIALIZED)]
-    ev = project.events
-    project.offline.ingest(
-        defs.source("planes"), data.prepare_planes(data.load_planes()), events=ev
+    flights = ingest_window(project, JAN, MATERIALIZED)
+    mv = train_production(
+        project,
+        JAN,
+        JAN8,
+        deployments={
+            "delays": {**deployment_spec(), "precomputed": PRECOMPUTED},
+            "live": deployment_spec(),
+        },
     )
-    project.offline.ingest(defs.source("weather"), weather, batch_id="weather", events=ev)
-    project.offline.ingest(defs.source("flights"), flights, batch_id="flights", events=ev)
-    tracking = TrackingClient(project.runs, project.blobs)
-    mv = train_and_register(project, tracking, start=JAN, end=JAN8, run_name="t", description="t")
-    project.registry.set_alias(MODEL_NAME, "production", mv.version, actor="test")
-    for name, spec in (
-        ("delays", {**deployment_spec(), "precomputed": PRECOMPUTED}),
-        ("live", deployment_spec()),
-    ):
-        project.deployments.upsert(
-            name,
-            model_name=MODEL_NAME,
-            alias="production",
-            feature_service="delay_model",
-            spec=spec,
-            actor="test",
-        )
+    ev = project.events
     _service, views = service_views(project)
     materialize(project.offline, project.online, views, end=MATERIALIZED, events=ev)
     recent = flights[flights.sched_dep_ts >= JAN8].dropna(subset=["tailnum"])
